@@ -1,0 +1,75 @@
+"""The one place that reads the environment.
+
+Every path the project writes to or trusts comes from here, so the artifact layout and the
+allowed roots are configured in one place. Read settings with `get()`; it is cheap and
+uncached on purpose, so tests and subprocesses that change the environment see the change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_root: Path
+    artifact_root: Path  # <artifact_root>/<dag_id>/<run_id>/<stage>/
+    releases_root: Path  # <releases_root>/<profile>/<version>/
+    audit_log: Path
+    models_root: Path  # where relative base-model paths of profiles resolve
+    allowed_roots: tuple[Path, ...]  # spec/profile paths must stay inside one of these
+    orchestration_config: Path
+    schemas_dir: Path
+    python: str  # interpreter the stage scripts use
+    airflow_home: Path
+
+    def scripts_dir(self) -> Path:
+        return self.project_root / "scripts"
+
+
+def _path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def get() -> Settings:
+    root = _path("PEFTFLOW_PROJECT_ROOT", PROJECT_ROOT)
+    artifact_root = _path("PEFTFLOW_ARTIFACT_ROOT", root / "artifacts")
+    extra = tuple(
+        Path(p).expanduser().resolve()
+        for p in os.environ.get("PEFTFLOW_ALLOWED_ROOTS", "").split(os.pathsep)
+        if p.strip()
+    )
+    models_root = _path("PEFTFLOW_MODELS_ROOT", root / "models")
+    venv_python = root / ".venv" / "bin" / "python"
+    return Settings(
+        project_root=root,
+        artifact_root=artifact_root,
+        releases_root=_path("PEFTFLOW_RELEASES_ROOT", root / "releases"),
+        audit_log=_path("PEFTFLOW_AUDIT_LOG", root / "audit" / "audit.jsonl"),
+        models_root=models_root,
+        allowed_roots=(root, models_root, *extra),
+        orchestration_config=_path(
+            "PEFTFLOW_ORCHESTRATION_CONFIG", root / "configs" / "orchestration.yaml"
+        ),
+        schemas_dir=root / "schemas",
+        python=os.environ.get(
+            "PEFTFLOW_PYTHON", str(venv_python) if venv_python.exists() else "python3"
+        ),
+        airflow_home=_path("AIRFLOW_HOME", root / "airflow_home"),
+    )
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
