@@ -27,6 +27,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + target.name + ".", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle  # type: ignore[misc]
             handle.flush()
@@ -43,6 +44,13 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     except BaseException:
         _discard(tmp)
         raise
+
+
+def _umask() -> int:
+    # mkstemp creates 0600 files; published artifacts get the usual umask-derived mode.
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _discard(tmp: str) -> None:
