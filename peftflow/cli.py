@@ -1,0 +1,62 @@
+"""`peftflow`: the command line. Each area registers its own subcommands.
+
+Every subcommand returns an exit code; user errors print `error: ...` and never a traceback.
+Area modules register through `register(subparsers)` and must not import heavy libraries
+(torch, airflow) at module level, so `peftflow --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from peftflow import __version__
+from peftflow.stages import common
+
+# Modules that contribute subcommands, each with register(subparsers) -> None.
+AREAS = (
+    "peftflow.spec_cli",
+    "peftflow.dataset.cli",
+    "peftflow.train.cli",
+    "peftflow.evaluate.cli",
+    "peftflow.audit_cli",
+    "peftflow.release.cli",
+    "peftflow.doctor",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peftflow",
+        description="Airflow orchestration for RWKV-PEFT adapter fine-tuning.",
+    )
+    parser.add_argument("--version", action="version", version=f"peftflow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in AREAS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # area not built yet
+        module.register(subparsers)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(common.run(_main, argv))
+
+
+if __name__ == "__main__":
+    main()
