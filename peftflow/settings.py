@@ -73,3 +73,16 @@ def env_flag(name: str, default: bool = False) -> bool:
 
 def env_str(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """Environment of a stage process: ours plus `extra`, without Airflow's own settings.
+
+    AIRFLOW__* variables can carry the metadata DB URL with its password; stages never need
+    them, so they are not passed on (and so can never reach a stage log).
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AIRFLOW__") and k not in ("AIRFLOW_CONN", "AIRFLOW_VAR")}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,27 @@
+"""ReleaseGateOperator: the blocking gate between evaluation and release.
+
+Reads the evaluation verdict and the dataset quality status of this run; passes only when
+both pass. Otherwise it fails the run with the reasons (rule, threshold, measured value),
+release_adapter does not run, and a blocked record is written. A trigger parameter can
+override it only when the spec allows overrides, with a reason, and the override is audited.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator
+
+
+class ReleaseGateOperator(BaseOperator):
+    template_fields: ClassVar[tuple[str, ...]] = ()
+    ui_color = "#fde8e8"
+
+    def __init__(self, *, spec_file: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec_file = spec_file
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from peftflow import taskrun
+
+        return taskrun.run_gate(self, context)

@@ -1,0 +1,39 @@
+"""StageOperator: runs one shell stage of the adapter lifecycle and checks its contract.
+
+Before: the inputs recorded by upstream stages still exist with the same sha256.
+Skip: a verified earlier success with the same cache key is reused (recorded as reused).
+Run: scripts/<stage>.sh as an argv list in its own process group, output into the task log;
+     on_kill/timeout kills the whole group.
+After: status.json is schema-valid, says success, and every output exists, is non-empty and
+       matches its sha256; exit 0 without that fails the task.
+Exit codes: permanent failures (bad config/data, integrity, policy) fail at once without
+retries; resource failures and interruptions retry with the spec's policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator
+
+
+class StageOperator(BaseOperator):
+    template_fields: ClassVar[tuple[str, ...]] = ()
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, stage: str, spec_file: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.spec_file = spec_file
+        self._child: Any = None
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from peftflow import taskrun
+
+        return taskrun.run_stage(self, context)
+
+    def on_kill(self) -> None:
+        if self._child is not None:
+            self.log.warning("stopping the %s process group (pid %s)", self.stage,
+                             self._child.pid)
+            self._child.stop()

@@ -1,0 +1,204 @@
+"""What the operators do when a task runs (kept out of operators/ so parsing stays cheap)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from peftflow import (
+    audit,
+    cache,
+    orchestration,
+    plan,
+    profile,
+    runinfo,
+    settings,
+    status,
+    validate,
+)
+from peftflow.errors import IntegrityError, PeftflowError
+from peftflow.exitcodes import ExitCode, classify
+from peftflow.spec import STAGES, Spec, Stage
+from peftflow.subproc import Child
+
+GATE_TASK = "release_gate"
+REQUIRED_OUTPUTS = {
+    Stage.PREPARE: ("bin", "idx", "quality"),
+    Stage.TRAIN: ("adapter", "loss_data"),
+    Stage.EVALUATE: ("metrics", "verdict"),
+    Stage.RELEASE: ("release_manifest",),
+}
+
+
+def _event(run: runinfo.RunInfo, event: str, **fields: Any) -> None:
+    audit.append({"event": event, "dag_id": run.dag_id, "run_id": run.run_id,
+                  "task_id": run.task_id, "try_number": run.try_number, "actor": run.actor,
+                  "note": run.note, **fields})
+
+
+def _refs(refs: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"name": n, "sha256": r.sha256 if hasattr(r, "sha256") else r["sha256"]}
+            for n, r in refs.items()]
+
+
+def _record(doc: dict[str, Any], status_path: Path, key: str, reused: bool) -> dict[str, Any]:
+    """The XCom a stage hands downstream: where its outputs are and their hashes."""
+    return {
+        "stage": doc["stage"],
+        "status_path": str(status_path),
+        "outputs": {o["name"]: {"path": o["path"], "sha256": o["sha256"], "bytes": o["bytes"]}
+                    for o in doc["outputs"]},
+        "metrics": doc.get("metrics", {}),
+        "cache_key": key,
+        "reused": reused,
+    }
+
+
+def _load(spec_file: str, run: runinfo.RunInfo, what: str) -> Spec:
+    try:
+        orchestration.require_airflow_active(what)
+        return validate.load_spec(Path(spec_file))
+    except PeftflowError as exc:
+        _event(run, "task_failed", outcome="failed", details={"error": str(exc)})
+        raise AirflowFailException(str(exc)) from None
+
+
+def _upstream(context: Any, stage: Stage) -> dict[Stage, dict[str, Any]]:
+    ti = context["ti"]
+    return {s: ti.xcom_pull(task_ids=s.value) for s in STAGES[: STAGES.index(stage)]}
+
+
+def _extra(context: Any, stage: Stage, spec: Spec, upstream: dict[Stage, Any]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if stage is Stage.RELEASE:
+        gate = context["ti"].xcom_pull(task_ids=GATE_TASK) or {}
+        extra["gate_decision"] = gate.get("decision_path")
+    if stage is Stage.EVALUATE and spec.gate.compare_to_release:
+        from peftflow.release import registry
+
+        extra["baseline_metrics"] = registry.baseline_metrics_path(_profile_name(spec, context))
+    return extra
+
+
+def _profile_name(spec: Spec, context: Any) -> str:
+    run = runinfo.from_context(context)
+    return profile.load(validate.resolve_ref(plan.effective_profile_path(spec, run))).name
+
+
+def run_stage(op: Any, context: Any) -> dict[str, Any]:
+    stage = Stage(op.stage)
+    run = runinfo.from_context(context)
+    spec = _load(op.spec_file, run, f"the {stage.value} task")
+    try:
+        upstream = _upstream(context, stage)
+        the_plan = plan.build(stage, spec, run, upstream, _extra(context, stage, spec, upstream))
+        for ref in the_plan.inputs.values():
+            ref.verify()  # the hashes upstream recorded must still hold
+    except PeftflowError as exc:
+        _event(run, "task_failed", stage=stage.value, outcome="failed",
+               details={"error": str(exc), "phase": "inputs"})
+        raise AirflowFailException(f"{stage.value}: inputs rejected: {exc}") from None
+    key = the_plan.cache_key()
+    earlier = cache.lookup(stage.value, key)
+    if earlier is not None:
+        op.log.info("reusing the successful %s result with the same cache key %s (%s)",
+                    stage.value, key[:12], earlier["_status_path"])
+        _event(run, "task_reused", stage=stage.value, outcome="reused",
+               inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(earlier)),
+               details={"cache_key": key, "status_path": earlier["_status_path"]})
+        return _record(earlier, Path(earlier["_status_path"]), key, reused=True)
+    return _execute(op, stage, run, the_plan, key)
+
+
+def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePlan,
+             key: str) -> dict[str, Any]:
+    the_plan.out_dir.mkdir(parents=True, exist_ok=True)
+    _event(run, "task_started", stage=stage.value, inputs=_refs(the_plan.inputs),
+           details={"cache_key": key})
+    op.log.info("running %s", the_plan.argv)
+    env = settings.child_env({"PEFTFLOW_DAG_ID": run.dag_id, "PEFTFLOW_RUN_ID": run.run_id,
+                              "PEFTFLOW_TRY_NUMBER": str(run.try_number)})
+    child = Child(the_plan.argv, env, settings.get().project_root)
+    op._child = child
+    try:
+        finished = child.wait(on_line=lambda line: op.log.info("%s", line))
+    except BaseException:
+        child.stop()  # execution_timeout or kill: take the whole group down
+        _event(run, "task_failed", stage=stage.value, outcome="interrupted")
+        raise
+    finally:
+        op._child = None
+    code = classify(finished.returncode)
+    if code is not ExitCode.OK:
+        tail = "\n".join(finished.tail[-8:])
+        message = (f"{stage.value} exited {finished.returncode} ({code.name}, "
+                   f"{'retryable' if code.retryable else 'permanent'}):\n{tail}")
+        _event(run, "task_failed", stage=stage.value, outcome="failed",
+               details={"exit_code": finished.returncode, "class": code.name})
+        raise (AirflowException if code.retryable else AirflowFailException)(message)
+    try:
+        doc = check_outputs(stage, the_plan.out_dir)
+    except PeftflowError as exc:
+        _event(run, "task_failed", stage=stage.value, outcome="failed",
+               details={"error": str(exc), "phase": "outputs"})
+        raise AirflowFailException(f"{stage.value} exited 0 but its artifacts are not "
+                                   f"valid: {exc}") from None
+    status_path = the_plan.out_dir / status.STATUS_FILE
+    cache.store(stage.value, key, status_path, run.run_id)
+    _event(run, "task_succeeded", stage=stage.value, outcome="success",
+           inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(doc)),
+           duration_s=doc.get("duration_s"), details={"cache_key": key})
+    return _record(doc, status_path, key, reused=False)
+
+
+def check_outputs(stage: Stage, out_dir: Path) -> dict[str, Any]:
+    """The after-check: a schema-valid success status whose every output verifies."""
+    doc = status.read(out_dir)
+    if doc["stage"] != stage.value:
+        raise IntegrityError(f"{out_dir}/status.json belongs to {doc['stage']!r}, "
+                             f"not {stage.value!r}")
+    if doc["status"] != "success":
+        raise IntegrityError(f"{out_dir}/status.json says {doc['status']!r}")
+    outputs = status.outputs_of(doc)
+    missing = [n for n in REQUIRED_OUTPUTS[stage] if n not in outputs]
+    if missing:
+        raise IntegrityError(f"{out_dir}/status.json lists no {', '.join(missing)} output")
+    for ref in outputs.values():
+        ref.verify()
+    return doc
+
+
+def run_gate(op: Any, context: Any) -> dict[str, Any]:
+    from peftflow.release import gate
+
+    run = runinfo.from_context(context)
+    spec = _load(op.spec_file, run, "the release gate")
+    upstream = _upstream(context, Stage.RELEASE)
+    try:
+        quality = plan.upstream_outputs(upstream.get(Stage.PREPARE), Stage.PREPARE)["quality"]
+        verdict = plan.upstream_outputs(upstream.get(Stage.EVALUATE), Stage.EVALUATE)["verdict"]
+        quality.verify()
+        verdict.verify()
+    except (PeftflowError, KeyError) as exc:
+        _event(run, "gate_blocked", outcome="blocked", details={"error": str(exc)})
+        raise AirflowFailException(f"release blocked: the gate cannot read its inputs: {exc}")
+    override = None
+    if run.params.get("override_gate"):
+        override = gate.Override(allowed_by_spec=spec.gate.allow_override, actor=run.actor,
+                                 reason=str(run.params.get("override_reason") or ""))
+    decision = gate.decide(Path(quality.path), Path(verdict.path),
+                           allow_warn=spec.gate.quality.allow_warn, override=override)
+    out = run.stage_dir(GATE_TASK) / "gate_decision.json"
+    gate.write_decision(decision, out)
+    prof = _profile_name(spec, context)
+    if not decision.release:
+        gate.record_block(decision, profile=prof, dag_id=run.dag_id, run_id=run.run_id)
+        _event(run, "gate_blocked", outcome="blocked", verdict="fail",
+               details={"reasons": decision.reasons})
+        raise AirflowFailException("release blocked by the gate:\n- " +
+                                   "\n- ".join(decision.reasons))
+    _event(run, "gate_override" if decision.overridden else "gate_passed", outcome="pass",
+           verdict="pass", details={"reasons": decision.reasons})
+    return {"decision_path": str(out), "release": True, "overridden": decision.overridden}

@@ -1,0 +1,315 @@
+"""Spec validation: JSON Schema first, then the checks a schema cannot express.
+
+Every problem is reported as FILE:LINE:COL: $.yaml.path: message, with the fix where known.
+Runtime resources that only exist on the training machine (base-model weights, the
+RWKV-PEFT checkout) are not checked here but by `peftflow doctor` and at task start, so GPU
+specs validate on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import zoneinfo
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftflow import orchestration, profile, schemas, settings, spec, yamlmarks
+from peftflow.errors import PeftflowError, Problem, SpecError
+from peftflow.hashing import sha256_bytes
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+def display_path(path: Path) -> str:
+    """Project-relative path for messages when the file is inside the project."""
+    root = settings.get().project_root
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def resolve_ref(value: str) -> Path:
+    """A path from a spec: relative to the project root; symlinks resolved."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = settings.get().project_root / path
+    return path.resolve()
+
+
+def inside_allowed_roots(path: Path) -> bool:
+    return any(path.is_relative_to(root) for root in settings.get().allowed_roots)
+
+
+@dataclass
+class _Context:
+    """Caches what several specs reference, for one validation pass."""
+
+    profiles: dict[Path, profile.Profile | SpecError] = field(default_factory=dict)
+    suites: dict[Path, str | SpecError] = field(default_factory=dict)
+    manifests: dict[Path, dict[str, Any] | str] = field(default_factory=dict)
+    active: orchestration.OrchestrationProfile | None = None
+
+
+class _Checker:
+    def __init__(self, marked: yamlmarks.Marked, file: str, ctx: _Context) -> None:
+        self.marked, self.file, self.ctx = marked, file, ctx
+        self.data: dict[str, Any] = marked.data
+        self.problems: list[Problem] = []
+
+    def add(self, path: str, message: str) -> None:
+        line, col = self.marked.locate(path)
+        self.problems.append(Problem(self.file, line, col, path, message))
+
+    def ref(self, path: str, value: str, what: str, fix: str) -> Path | None:
+        resolved = resolve_ref(value)
+        if not inside_allowed_roots(resolved):
+            roots = ", ".join(str(r) for r in settings.get().allowed_roots)
+            self.add(path, f"{value!r} resolves to {resolved}, outside the allowed roots "
+                     f"({roots}); keep {what} inside the project or add its folder to "
+                     "PEFTFLOW_ALLOWED_ROOTS")
+            return None
+        if not resolved.is_file():
+            self.add(path, f"{what} {value!r} not found ({resolved}); {fix}")
+            return None
+        return resolved
+
+    def run(self) -> None:
+        d = self.data
+        prof_path = self.ref("$.training_profile", d["training_profile"], "the training profile",
+                             "create it under configs/profiles/ or fix the path")
+        prof = self._profile("$.training_profile", prof_path) if prof_path else None
+        manifest_path = self.ref("$.dataset.manifest", d["dataset"]["manifest"],
+                                 "the dataset manifest",
+                                 "register the data with `peftflow dataset register FILE.jsonl "
+                                 "--name N --version V`")
+        manifest = self._manifest("$.dataset.manifest", manifest_path) if manifest_path else None
+        self._suites()
+        self._trigger_refs()
+        self._schedule()
+        self._retries()
+        self._consistency(prof, manifest)
+        self._orchestration()
+
+    def _profile(self, path: str, resolved: Path) -> profile.Profile | None:
+        cached = self.ctx.profiles.get(resolved)
+        if cached is None:
+            try:
+                cached = profile.load(resolved, display_path(resolved))
+            except SpecError as exc:
+                cached = exc
+            self.ctx.profiles[resolved] = cached
+        if isinstance(cached, SpecError):
+            self.problems.extend(cached.problems)
+            self.add(path, f"the training profile has {len(cached.problems)} problem(s), "
+                     "listed with its own file name; fix them there")
+            return None
+        return cached
+
+    def _manifest(self, path: str, resolved: Path) -> dict[str, Any] | None:
+        cached = self.ctx.manifests.get(resolved)
+        if cached is None:
+            try:
+                cached = json.loads(resolved.read_text(encoding="utf-8"))
+                if not isinstance(cached, dict):
+                    cached = "it is not a JSON object"
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                cached = f"it is not valid JSON ({exc})"
+            self.ctx.manifests[resolved] = cached
+        if isinstance(cached, str):
+            self.add(path, f"the dataset manifest cannot be read: {cached}; "
+                     "re-register the dataset with `peftflow dataset register`")
+            return None
+        return cached
+
+    def _suites(self) -> None:
+        kinds: set[str] = set()
+        for i, value in enumerate(self.data["eval_suites"]):
+            path = f"$.eval_suites[{i}]"
+            resolved = self.ref(path, value, "the eval suite", "create it under configs/eval/")
+            if resolved is None:
+                continue
+            kind = self.ctx.suites.get(resolved)
+            if kind is None:
+                kind = _suite_kind(resolved)
+                self.ctx.suites[resolved] = kind
+            if isinstance(kind, SpecError):
+                self.problems.extend(kind.problems)
+                self.add(path, "the eval suite is invalid (problems listed with its file name)")
+            else:
+                kinds.add(kind)
+        if len(kinds) == 0:
+            return
+        for needed, rule in (("domain", "gate.domain"), ("retention", "gate.retention")):
+            if needed not in kinds:
+                self.add("$.eval_suites", f"no {needed} suite is listed, but {rule} needs one; "
+                         f"add a configs/eval/*.yaml suite with kind: {needed}")
+
+    def _trigger_refs(self) -> None:
+        trigger = self.data.get("trigger", {})
+        for i, value in enumerate(trigger.get("allowed_profiles", [])):
+            path = f"$.trigger.allowed_profiles[{i}]"
+            resolved = self.ref(path, value, "the profile", "create it or remove it from the list")
+            if resolved:
+                self._profile(path, resolved)
+        for i, value in enumerate(trigger.get("allowed_manifests", [])):
+            path = f"$.trigger.allowed_manifests[{i}]"
+            resolved = self.ref(path, value, "the manifest", "register it or remove it")
+            if resolved:
+                self._manifest(path, resolved)
+
+    def _schedule(self) -> None:
+        sched = self.data.get("schedule")
+        if not sched:
+            return
+        cron = sched.get("cron")
+        if sched["enabled"] and not cron:
+            self.add("$.schedule", "schedule.enabled is true but no cron is given; add e.g. "
+                     "cron: '0 3 * * 1', or set enabled: false for manual runs only")
+        if cron and not _cron_ok(cron):
+            self.add("$.schedule.cron", f"{cron!r} is not a valid cron expression; use five "
+                     "fields 'minute hour day-of-month month day-of-week', e.g. '0 3 * * 1'")
+        tz = sched.get("timezone", "UTC")
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            self.add("$.schedule.timezone", f"{tz!r} is not a known IANA timezone; use e.g. "
+                     "UTC or Europe/Berlin")
+
+    def _retries(self) -> None:
+        for stage_name, policy in self.data.get("retries", {}).items():
+            delay, cap = policy.get("retry_delay_s"), policy.get("max_retry_delay_s")
+            if delay is not None and cap is not None and cap < delay:
+                self.add(f"$.retries.{stage_name}.max_retry_delay_s",
+                         f"{cap} is smaller than retry_delay_s {delay}; use at least {delay}")
+
+    def _consistency(self, prof: profile.Profile | None, manifest: dict[str, Any] | None) -> None:
+        if manifest is None:
+            return
+        files = manifest.get("files")
+        records = None
+        if isinstance(files, list) and all(isinstance(f, dict) and "records" in f for f in files):
+            records = sum(int(f["records"]) for f in files)
+        if prof and records is not None and prof.training.documents_needed > records:
+            t = prof.training
+            self.add("$.dataset.manifest", f"the profile needs epoch_steps * micro_bsz = "
+                     f"{t.epoch_steps} * {t.micro_bsz} = {t.documents_needed} documents but the "
+                     f"dataset has {records} records (RWKV-PEFT's pad loader raises IndexError); "
+                     f"lower epoch_steps to at most {records // t.micro_bsz} or add data")
+        name = self.data["dataset"].get("name")
+        if self.data.get("kind") == spec.SpecKind.RETRAIN.value:
+            if not name:
+                self.add("$.dataset", "a retrain_on_new_dataset spec needs dataset.name (its "
+                         "asset is peftflow-dataset://<name>); add name: <dataset name>")
+            elif manifest.get("name") not in (None, name):
+                self.add("$.dataset.name", f"{name!r} differs from the manifest's dataset name "
+                         f"{manifest.get('name')!r}; use the same name")
+
+    def _orchestration(self) -> None:
+        wanted = self.data["orchestration_profile"]
+        if self.ctx.active is not None and wanted != self.ctx.active.value:
+            self.add("$.orchestration_profile", f"this spec belongs to {wanted!r} but the active "
+                     f"orchestration profile is {self.ctx.active.value!r} (configs/orchestration"
+                     ".yaml); only one profile may run training: move the spec out of dag_specs/"
+                     " or switch with `./setup_airflow.sh --switch-profile`")
+
+
+def _cron_ok(expr: str) -> bool:
+    from croniter import croniter  # Airflow's own cron parser
+
+    if expr.startswith("@"):
+        return expr in {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually",
+                        "@midnight"}
+    return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
+
+
+def _suite_kind(path: Path) -> str | SpecError:
+    shown = display_path(path)
+    try:
+        marked = yamlmarks.load_file(str(path), shown)
+        if (settings.get().schemas_dir / "eval_suite.schema.json").exists():
+            schemas.check(marked, "eval_suite", shown)
+        if not isinstance(marked.data, dict) or marked.data.get("kind") not in ("domain",
+                                                                                "retention"):
+            raise SpecError([Problem(shown, 1, 1, "$.kind", "kind must be domain or retention")])
+        return str(marked.data["kind"])
+    except SpecError as exc:
+        return exc
+
+
+def _active_profile() -> orchestration.OrchestrationProfile | None:
+    try:
+        return orchestration.load().active
+    except (PeftflowError, OSError):
+        return None
+
+
+def load_spec(path: Path, ctx: _Context | None = None) -> spec.Spec:
+    """Validate one spec file and return it typed; raise SpecError with every problem."""
+    ctx = ctx or _Context(active=_active_profile())
+    shown = display_path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError([Problem(shown, 1, 1, "$", "file not found")]) from None
+    marked = yamlmarks.load_file(str(path), shown)
+    if not isinstance(marked.data, dict):
+        kind = type(marked.data).__name__
+        raise SpecError([Problem(shown, *marked.locate("$"), "$", f"the document is a {kind}, "
+                                 "not a mapping; a spec is a mapping of keys such as dag_id")])
+    schemas.check(marked, "dag_spec", shown)
+    checker = _Checker(marked, shown, ctx)
+    checker.run()
+    if checker.problems:
+        raise SpecError(checker.problems)
+    return spec.from_data(marked.data, path.resolve(), sha256_bytes(raw))
+
+
+def spec_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir()
+                                if p.suffix in SPEC_SUFFIXES and not p.name.startswith(".")))
+        else:
+            files.append(path)
+    return files
+
+
+@dataclass
+class Result:
+    specs: list[spec.Spec]
+    errors: dict[Path, SpecError]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for err in self.errors.values() for p in err.problems]
+
+
+def validate_paths(paths: Iterable[Path],
+                   loader: Callable[[Path, _Context], spec.Spec] = load_spec) -> Result:
+    """Validate every spec under `paths`; dag ids must be unique across all of them."""
+    ctx = _Context(active=_active_profile())
+    specs: list[spec.Spec] = []
+    errors: dict[Path, SpecError] = {}
+    seen: dict[str, spec.Spec] = {}
+    for file in spec_files(paths):
+        try:
+            loaded = loader(file, ctx)
+        except SpecError as exc:
+            errors[file] = exc
+            continue
+        first = seen.get(loaded.dag_id)
+        if first is not None:
+            marked = yamlmarks.load_file(str(file), display_path(file))
+            line, col = marked.locate("$.dag_id")
+            errors[file] = SpecError([Problem(
+                display_path(file), line, col, "$.dag_id",
+                f"dag_id {loaded.dag_id!r} is already used by {display_path(first.path)}; "
+                "dag ids must be unique, rename one")])
+            continue
+        seen[loaded.dag_id] = loaded
+        specs.append(loaded)
+    return Result(specs, errors)
