@@ -1,0 +1,176 @@
+"""JSONL -> binidx in parallel: read chunks in order, scan them in worker processes, write.
+
+The parent reads the file once (hashing it on the way), keeps at most 2 chunks per worker
+in flight (bounded memory), and appends each result in file order to temporary `.bin`,
+size and duplicate spools. Nothing is published here: `Staged` holds the temp files until
+the caller knows the verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from peftflow import atomic
+from peftflow.dataset import tokenizer
+from peftflow.dataset.binidx import BinIdxWriter
+from peftflow.dataset.dedup import DuplicateSpool
+from peftflow.dataset.quality import Measurements
+from peftflow.dataset.reader import CHUNK_BYTES, RECORD_RULES, Chunk, ChunkResult, Hits
+from peftflow.dataset.reader import read_chunks, scan_chunk
+from peftflow.errors import IntegrityError
+from peftflow.stages.common import Progress, eta
+
+
+@dataclass(frozen=True)
+class Options:
+    text_field: str = "text"
+    ctx_len: int | None = None  # documents longer than this are counted (no profile: None)
+    workers: int = 1
+    max_offenders: int = 10
+    chunk_bytes: int = CHUNK_BYTES
+    progress_every: float = 5.0
+
+
+class Staged:
+    """Output files under temporary names in their final folder; published or discarded."""
+
+    def __init__(self, targets: list[Path]) -> None:
+        self.targets = targets
+        self.temps: list[Path] = []
+        self.handles: list[BinaryIO] = []
+        for target in targets:
+            fd, tmp = tempfile.mkstemp(prefix=f"{atomic.TMP_PREFIX}{target.name}.", dir=target.parent)
+            self.temps.append(Path(tmp))
+            self.handles.append(os.fdopen(fd, "w+b"))
+
+    def publish(self) -> None:
+        """fsync and rename every temp file onto its target."""
+        mode = 0o666 & ~_umask()
+        for handle, tmp, target in zip(self.handles, self.temps, self.targets, strict=True):
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), mode)
+            handle.close()
+            os.replace(tmp, target)
+        self.temps = []
+
+    def discard(self) -> None:
+        for handle in self.handles:
+            handle.close()
+        for tmp in self.temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self.temps = []
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@dataclass(frozen=True)
+class Result:
+    measurements: Measurements
+    data_sha256: str
+    bytes: int
+    seconds: float
+    workers: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
+    tokenizer.fast()
+
+
+def _scanned(chunks: Iterator[Chunk], opts: Options, workers: int) -> Iterator[ChunkResult]:
+    """Scan results in file order, with at most 2 chunks per worker in flight."""
+    args = (opts.text_field, opts.ctx_len, opts.max_offenders)
+    if workers <= 1:
+        for chunk in chunks:
+            yield scan_chunk(chunk, *args)
+        return
+    context = multiprocessing.get_context("spawn")  # no forked copies of the parent's state
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        pending: deque[Future[ChunkResult]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(scan_chunk, chunk, *args))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def effective_workers(requested: int, size: int, chunk_bytes: int) -> int:
+    """Worker processes worth starting: none for a file of a few chunks."""
+    return max(1, min(requested, math.ceil(size / chunk_bytes) // 2))
+
+
+def run(data_path: Path, expected_sha256: str, bin_out: BinaryIO, idx_out: BinaryIO,
+        opts: Options) -> Result:
+    """Scan and tokenise the file, writing `.bin` and `.idx` to the given (temp) handles."""
+    size = data_path.stat().st_size
+    workers = effective_workers(opts.workers, size, opts.chunk_bytes)
+    hasher = hashlib.sha256()
+    invalid = {rule: Hits() for rule in RECORD_RULES}
+    over_ctx = Hits()
+    records = done = 0
+    shortest, longest, total = math.inf, 0, 0  # text tokens per document
+    progress = Progress("prepare_dataset", every=opts.progress_every)
+    folder = Path(str(bin_out.name)).parent  # spools live beside the output, not in /tmp
+    with tempfile.TemporaryFile(dir=folder) as sizes, tempfile.TemporaryFile(dir=folder) as hashes:
+        writer = BinIdxWriter(bin_out, sizes)
+        spool = DuplicateSpool(hashes)
+        with open(data_path, "rb") as handle:
+            chunks = read_chunks(handle, opts.chunk_bytes, on_read=hasher.update)
+            for res in _scanned(chunks, opts, workers):
+                writer.add(res.tokens, res.sizes)
+                spool.add(res.digests, res.lines)
+                for rule, hits in res.invalid.items():
+                    invalid[rule].merge(hits, opts.max_offenders)
+                over_ctx.merge(res.over_ctx, opts.max_offenders)
+                records += res.records
+                done += res.nbytes
+                if res.sizes.size:
+                    shortest = min(shortest, int(res.sizes.min()) - 1)
+                    longest = max(longest, int(res.sizes.max()) - 1)
+                    total += int(res.sizes.sum()) - int(res.sizes.size)
+                progress.maybe(lambda s, d=writer.documents, b=done: (
+                    f"{d} documents, {b / 1e6:.1f}/{size / 1e6:.1f} MB, "
+                    f"{b / 1e6 / max(s, 1e-9):.1f} MB/s, ETA {eta(b, size, s)}"))
+        if hasher.hexdigest() != expected_sha256:
+            raise IntegrityError(f"{data_path}: changed while it was being read (sha256 now "
+                                 f"{hasher.hexdigest()[:12]}...); rerun once the file is stable")
+        duplicates = spool.find(opts.max_offenders)
+        writer.finish(idx_out)
+    seconds = progress.elapsed()
+    docs = writer.documents
+    progress.maybe(lambda s: f"{docs} documents, {done / 1e6:.1f} MB in {s:.1f}s "
+                   f"({done / 1e6 / max(s, 1e-9):.1f} MB/s, {workers} worker(s))", force=True)
+    measurements = Measurements(
+        records=records, documents=docs, tokens=writer.tokens, invalid=invalid,
+        duplicates=duplicates, length_min=int(shortest) if docs else 0, length_max=longest,
+        length_mean=total / docs if docs else 0.0, over_ctx=over_ctx,
+    )
+    return Result(measurements, hasher.hexdigest(), size, seconds, workers)

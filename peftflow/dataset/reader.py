@@ -1,0 +1,207 @@
+"""Streaming a JSONL file in chunks of whole lines, and checking + tokenising one chunk.
+
+`scan_chunk` runs in worker processes: it validates every line against the record rules,
+tokenises the valid texts and returns compact numpy arrays, so the parent only writes bytes.
+Valid lines take a fast path (msgspec decodes only the text field); any line that fails it is
+re-read by `classify`, which names the exact problem.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import msgspec
+import numpy as np
+
+from peftflow.dataset import tokenizer
+
+# The record rules; a line breaking one of them is an invalid record (first failing rule wins).
+RECORD_RULES = ("json_object", "text_field", "utf8", "nul_bytes")
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes  # whole lines; ends with b"\n" unless it is the file's unterminated last line
+    first_line: int  # 1-based number of its first line
+    unterminated: bool = False  # the file ends inside this chunk without a newline
+
+    @property
+    def records(self) -> int:
+        return self.data.count(b"\n") + (1 if self.unterminated else 0)
+
+
+def read_chunks(
+    handle: BinaryIO, size: int = CHUNK_BYTES, on_read: Callable[[bytes], Any] | None = None
+) -> Iterator[Chunk]:
+    """Split a binary stream into chunks of about `size` bytes that end on a line boundary."""
+    line = 1
+    pending = b""
+    while True:
+        block = handle.read(size)
+        if on_read is not None and block:
+            on_read(block)
+        if not block:
+            if pending:
+                yield Chunk(pending, line, unterminated=True)
+            return
+        pending += block
+        cut = pending.rfind(b"\n")
+        if cut < 0:
+            continue  # a line longer than `size`: keep reading until it ends
+        chunk = Chunk(pending[: cut + 1], line)
+        pending = pending[cut + 1 :]
+        line += chunk.records
+        yield chunk
+
+
+@dataclass
+class Hits:
+    """How often a rule was broken, and the first offenders as (line, detail)."""
+
+    count: int = 0
+    examples: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, line: int, detail: str, keep: int) -> None:
+        self.count += 1
+        if len(self.examples) < keep:
+            self.examples.append((line, detail))
+
+    def merge(self, other: Hits, keep: int) -> None:
+        self.count += other.count
+        self.examples.extend(other.examples[: max(0, keep - len(self.examples))])
+
+
+@dataclass
+class ChunkResult:
+    records: int
+    nbytes: int
+    tokens: np.ndarray  # uint16, every valid document followed by EOD
+    sizes: np.ndarray  # int32 tokens per document, EOD included
+    lines: np.ndarray  # uint64 line number of each document
+    digests: np.ndarray  # (documents, 2) uint64 BLAKE2b-128 of each text, for duplicates
+    invalid: dict[str, Hits]
+    over_ctx: Hits
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(text_field: str) -> msgspec.json.Decoder[Any]:
+    record = msgspec.defstruct(
+        "Record", [("value", str)], rename={"value": text_field}, forbid_unknown_fields=False
+    )
+    return msgspec.json.Decoder(record)
+
+
+def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) -> ChunkResult:
+    """Validate and tokenise every line of a chunk (runs in a worker process)."""
+    decode = _decoder(text_field).decode
+    encode = tokenizer.fast().encode
+    blake2b = hashlib.blake2b
+    lines = chunk.data.split(b"\n")
+    if not chunk.unterminated:
+        lines.pop()  # the empty piece after the final newline
+    invalid = {rule: Hits() for rule in RECORD_RULES}
+    over_ctx = Hits()
+    flat: list[int] = []
+    sizes: list[int] = []
+    numbers: list[int] = []
+    digests = bytearray()
+    last = len(lines) - 1
+    for i, raw in enumerate(lines):
+        number = chunk.first_line + i
+        try:
+            text: str | None = decode(raw).value
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            text = None
+        if text is None or not text or text.isspace() or "\x00" in text:
+            rule, detail, text = classify(raw, text_field, chunk.unterminated and i == last)
+            if rule is not None:
+                invalid[rule].add(number, detail, keep)
+                continue
+        assert text is not None
+        digests += blake2b(text.encode("utf-8"), digest_size=16).digest()
+        ids = encode(text)
+        flat.extend(ids)
+        flat.append(tokenizer.EOD)
+        sizes.append(len(ids) + 1)
+        numbers.append(number)
+        if ctx_len is not None and len(ids) > ctx_len:
+            over_ctx.add(number, f"{len(ids)} tokens", keep)
+    return ChunkResult(
+        records=len(lines),
+        nbytes=len(chunk.data),
+        tokens=np.array(flat, dtype=np.uint16),
+        sizes=np.array(sizes, dtype=np.int32),
+        lines=np.array(numbers, dtype=np.uint64),
+        digests=np.frombuffer(bytes(digests), dtype="<u8").reshape(-1, 2),
+        invalid=invalid,
+        over_ctx=over_ctx,
+    )
+
+
+_JSON_KIND = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else _JSON_KIND.get(type(value), type(value).__name__)
+
+
+def classify(raw: bytes, text_field: str, truncated: bool) -> tuple[str | None, str, str | None]:
+    """(rule, detail, None) for an invalid line, or (None, "", text) when it is valid after all."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return "utf8", (
+            f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}; "
+            "re-encode the file as UTF-8"
+        ), None
+    if "\x00" in line:
+        return "nul_bytes", f"NUL byte at column {line.index(chr(0)) + 1}; remove it", None
+    if not line.strip():
+        return "json_object", "blank line; JSONL needs one JSON object per line, delete it", None
+    if line.startswith("\ufeff"):
+        return "json_object", "starts with a UTF-8 byte-order mark; save the file without BOM", None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        if truncated:
+            return "json_object", (
+                f"truncated last line: no trailing newline and the JSON is incomplete "
+                f"({exc.msg} at column {exc.colno}); the file was probably cut off while "
+                "being written: export it again and register a new version"
+            ), None
+        return "json_object", f"not valid JSON: {exc.msg} at column {exc.colno}", None
+    if not isinstance(record, dict):
+        return "json_object", (
+            f"a JSON {_kind(record)}, not an object; write one {{{json.dumps(text_field)}: "
+            "...} object per line"
+        ), None
+    if text_field not in record:
+        keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
+        return "text_field", (
+            f"no {text_field!r} key (keys: {keys}); add it, or register the dataset with "
+            "--text-field naming the key that holds the text"
+        ), None
+    value = record[text_field]
+    if not isinstance(value, str):
+        return "text_field", f"{text_field!r} is a JSON {_kind(value)}, not a string", None
+    if not value.strip():
+        return "text_field", f"{text_field!r} is empty or only whitespace", None
+    if "\x00" in value:
+        return "nul_bytes", (
+            f"{text_field!r} contains a NUL character (\\u0000) at position "
+            f"{value.index(chr(0))}; remove it"
+        ), None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return "utf8", (
+            f"{text_field!r} contains an unpaired surrogate \\u{ord(value[exc.start]):04x} at "
+            f"position {exc.start}, which is not valid Unicode; fix the exporter"
+        ), None
+    return None, "", value

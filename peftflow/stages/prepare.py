@@ -1,0 +1,206 @@
+"""prepare_dataset: a registered JSONL version -> RWKV binidx + quality.json + status.json.
+
+Order of events, and what each failure leaves behind:
+1. arguments, manifest and profile are read; the data file is checked against the manifest
+   (size + sha256). Any failure here writes nothing at all.
+2. stale temp files and the previous run's outputs in --out are removed, then the file is
+   streamed, checked and tokenised into temp files (a failure or signal removes them).
+3. quality.json is written; on a fail verdict (or warn with --no-allow-warn) status.json says
+   failed, no .bin/.idx exist, exit 4. Otherwise .bin/.idx are renamed into place and
+   status.json (success) is written last: a later stage trusts only what it lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from peftflow import atomic, schemas
+from peftflow.dataset import pipeline, tokenizer
+from peftflow.dataset.manifest import Manifest, load_manifest
+from peftflow.dataset.quality import Outcome, ProfileLimits, Report, Thresholds, evaluate
+from peftflow.errors import ConfigError, DataError, PeftflowError
+from peftflow.stages import common
+from peftflow.status import FileRef, StageRecorder, utc_now
+
+STAGE = "prepare_dataset"
+PREFIX = "train_text_document"  # json2binidx's naming: <prefix>.bin / <prefix>.idx
+QUALITY_FILE = "quality.json"
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prepare_dataset.sh",
+        description="Check a registered JSONL dataset version, tokenise it with the RWKV World "
+        "tokenizer and write OUT/train_text_document.{bin,idx} (binidx, uint16), "
+        "OUT/quality.json and OUT/status.json. Exit 4 when the quality verdict fails.",
+    )
+    p.add_argument("--manifest", required=True, help="dataset manifest (*.manifest.json)")
+    p.add_argument("--out", required=True, help="output folder of this stage")
+    p.add_argument("--profile", help="training profile YAML: enables the ctx_len and "
+                   "document-count checks (skipped without it)")
+    p.add_argument("--max-invalid-records", type=_count, default=0,
+                   help="invalid records tolerated, then left out of the binidx (default 0)")
+    p.add_argument("--max-duplicate-fraction", type=_fraction, default=0.05,
+                   help="largest fraction of exact-duplicate documents (default 0.05)")
+    p.add_argument("--max-over-ctx-fraction", type=_fraction, default=0.5,
+                   help="fraction of documents longer than ctx_len above which it warns "
+                   "(default 0.5)")
+    p.add_argument("--allow-warn", action=argparse.BooleanOptionalAction, default=True,
+                   help="whether a warn verdict still succeeds (default yes)")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                   help="tokeniser processes (default: the usable CPU cores)")
+    p.add_argument("--max-offenders", type=_count, default=10,
+                   help="offending line numbers listed per rule (default 10)")
+    return p
+
+
+def _limits(path: str | None) -> tuple[ProfileLimits | None, Any]:
+    if not path:
+        return None, None
+    from peftflow import profile
+
+    prof = profile.load(path)
+    return ProfileLimits(prof.name, prof.model.ctx_len, prof.training.epoch_steps,
+                         prof.training.micro_bsz), prof
+
+
+def _clear_previous(out_dir: Path) -> None:
+    """A rerun must not leave the last run's outputs beside a new failure."""
+    atomic.remove_stale_temps(out_dir)
+    for name in (f"{PREFIX}.bin", f"{PREFIX}.idx", QUALITY_FILE, "status.json"):
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+
+
+def _quality_doc(manifest: Manifest, result: pipeline.Result, report: Report, th: Thresholds,
+                 limits: ProfileLimits | None, prof: Any, allowed: bool) -> dict[str, Any]:
+    m = result.measurements
+    return {
+        "schema_version": 1,
+        "dataset": {"name": manifest.name, "version": manifest.version,
+                    "manifest_path": str(manifest.path), "manifest_sha256": manifest.sha256,
+                    "data_sha256": result.data_sha256},
+        "profile": None if limits is None else {
+            "name": limits.name, "path": str(prof.path), "sha256": prof.sha256,
+            "ctx_len": limits.ctx_len, "documents_needed": limits.documents_needed},
+        "verdict": str(report.verdict),
+        "allowed": allowed,
+        "records": m.records, "documents": m.documents, "tokens": m.tokens,
+        "invalid_records": m.invalid_records,
+        "thresholds": {"max_invalid_records": th.max_invalid_records,
+                       "max_duplicate_fraction": th.max_duplicate_fraction,
+                       "max_over_ctx_fraction": th.max_over_ctx_fraction,
+                       "max_offenders": th.max_offenders, "allow_warn": th.allow_warn},
+        "rules": [r.as_dict() for r in report.rules],
+        "reasons": report.reasons,
+        "created_at": utc_now(),
+    }
+
+
+def _metrics(manifest: Manifest, out_dir: Path, result: pipeline.Result,
+             report: Report) -> dict[str, Any]:
+    m = result.measurements
+    rule = {r.rule: r for r in report.rules}
+    return {
+        "data_prefix": str(out_dir / PREFIX),
+        "dataset_name": manifest.name, "dataset_version": manifest.version,
+        "verdict": str(report.verdict), "records": m.records, "documents": m.documents,
+        "tokens": m.tokens, "invalid_records": m.invalid_records,
+        "duplicate_fraction": rule["duplicate_fraction"].value,
+        "over_ctx_fraction": rule["doc_length_tokens"].value,
+        "doc_tokens_min": m.length_min, "doc_tokens_max": m.length_max,
+        "doc_tokens_mean": round(m.length_mean, 2),
+        "throughput_mb_s": round(result.mb_per_s, 2), "seconds": round(result.seconds, 3),
+        "workers": result.workers,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: use 1 or more")
+    th = Thresholds(args.max_invalid_records, args.max_duplicate_fraction,
+                    args.max_over_ctx_fraction, args.max_offenders, args.allow_warn)
+    manifest = load_manifest(args.manifest)
+    limits, prof = _limits(args.profile)
+    manifest.verify()  # before anything is written
+    data_path, entry = manifest.data_paths()[0], manifest.files[0]
+    out_dir = Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out_dir)
+
+    rec = StageRecorder(STAGE, out_dir)
+    rec.add_input("manifest", manifest.path)
+    rec.inputs.append(FileRef("data", str(data_path), entry.sha256, entry.bytes))  # verified
+    if prof is not None:
+        rec.add_input("profile", prof.path)
+    rec.tools.update(tokenizer.versions(), numpy=importlib.metadata.version("numpy"),
+                     msgspec=importlib.metadata.version("msgspec"))
+    prefix = out_dir / PREFIX
+    staged = pipeline.Staged([Path(f"{prefix}.bin"), Path(f"{prefix}.idx")])
+    try:
+        opts = pipeline.Options(manifest.text_field, limits.ctx_len if limits else None,
+                                args.workers, th.max_offenders)
+        result = pipeline.run(data_path, entry.sha256, staged.handles[0], staged.handles[1], opts)
+        report = evaluate(result.measurements, th, limits)
+        allowed = report.verdict == Outcome.PASS or (report.verdict == Outcome.WARN
+                                                    and th.allow_warn)
+        doc = _quality_doc(manifest, result, report, th, limits, prof, allowed)
+        schemas.check(doc, "quality", str(out_dir / QUALITY_FILE))
+        rec.metrics.update(_metrics(manifest, out_dir, result, report))
+        if not allowed:
+            staged.discard()
+            atomic.write_json(out_dir / QUALITY_FILE, doc)
+            summary = _failure_summary(manifest, report, th)
+            rec.write("failed", summary, int(DataError.exit_code))
+            raise DataError(summary)
+        staged.publish()
+        atomic.write_json(out_dir / QUALITY_FILE, doc)
+    except DataError:
+        raise
+    except (PeftflowError, KeyboardInterrupt, common.Interrupted) as exc:
+        staged.discard()
+        code = getattr(exc, "exit_code", 130)
+        rec.write("failed", f"{type(exc).__name__}: {exc}", int(code))
+        raise
+    finally:
+        staged.discard()
+    for name, suffix in (("bin", ".bin"), ("idx", ".idx")):
+        rec.add_output(name, f"{prefix}{suffix}")
+    rec.add_output("quality", out_dir / QUALITY_FILE)
+    m = result.measurements
+    rec.write("success", f"{manifest.label}: {m.documents} documents, {m.tokens} tokens, "
+              f"verdict {report.verdict}")
+    print(prefix)  # the data prefix, for shells that chain stages
+    return 0
+
+
+def _failure_summary(manifest: Manifest, report: Report, th: Thresholds) -> str:
+    head = (f"{manifest.label} failed the dataset quality rules"
+            if report.verdict == Outcome.FAIL
+            else f"{manifest.label} has quality warnings and --no-allow-warn was given")
+    return head + ":\n  " + "\n  ".join(report.reasons)
+
+
+if __name__ == "__main__":
+    common.exit_with(main)
