@@ -24,6 +24,8 @@ AREAS = (
     "peftflow.audit_cli",
     "peftflow.release.cli",
     "peftflow.doctor",
+    "peftflow.services",
+    "peftflow.profile_cli",
 )
 
 

@@ -26,6 +26,10 @@ class Settings:
     schemas_dir: Path
     python: str  # interpreter the stage scripts use
     airflow_home: Path
+    db_url: str | None  # PEFTFLOW_DB_URL; None = the SQLite file in airflow_home
+    api_host: str  # the api-server listens here; loopback unless told otherwise
+    api_port: int
+    parallelism: int  # LocalExecutor worker processes
 
     def scripts_dir(self) -> Path:
         return self.project_root / "scripts"
@@ -60,7 +64,12 @@ def get() -> Settings:
         python=os.environ.get(
             "PEFTFLOW_PYTHON", str(venv_python) if venv_python.exists() else "python3"
         ),
-        airflow_home=_path("AIRFLOW_HOME", root / "airflow_home"),
+        airflow_home=_path("AIRFLOW_HOME", _path("PEFTFLOW_AIRFLOW_HOME", root / "airflow_home")),
+        db_url=os.environ.get("PEFTFLOW_DB_URL") or None,
+        api_host=os.environ.get("PEFTFLOW_API_HOST", "127.0.0.1"),
+        api_port=int(os.environ.get("PEFTFLOW_API_PORT", "8080")),
+        parallelism=int(os.environ.get("PEFTFLOW_PARALLELISM",
+                                       str(min(4, max(2, os.cpu_count() or 2))))),
     )
 
 
@@ -73,6 +82,11 @@ def env_flag(name: str, default: bool = False) -> bool:
 
 def env_str(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
+
+
+def base_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus `extra`, for services we start."""
+    return {**os.environ, **extra}
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:

@@ -33,7 +33,7 @@ REQUIRED_OUTPUTS = {
 
 
 def _event(run: runinfo.RunInfo, event: str, **fields: Any) -> None:
-    audit.append({"event": event, "dag_id": run.dag_id, "run_id": run.run_id,
+    audit.append_event({"event": event, "dag_id": run.dag_id, "run_id": run.run_id,
                   "task_id": run.task_id, "try_number": run.try_number, "actor": run.actor,
                   "note": run.note, **fields})
 

@@ -1,0 +1,92 @@
+"""`peftflow validate | render | list`: the spec commands, usable in CI and pre-commit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from peftflow import expand, settings, validate
+
+
+def _default_paths(paths: list[str]) -> list[Path]:
+    return [Path(p) for p in paths] or [settings.get().project_root / "dag_specs"]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    paths = _default_paths(args.paths)
+    missing = [p for p in paths if not p.exists()]
+    for path in missing:
+        print(f"{path}:1:1: $: file or folder not found", file=sys.stderr)
+    result = validate.validate_paths([p for p in paths if p.exists()])
+    for problem in result.problems:
+        print(problem)
+    if args.quiet:
+        return 1 if result.errors or missing else 0
+    total = len(result.specs) + len(result.errors)
+    print(f"{len(result.specs)} of {total} spec(s) valid, {len(result.problems)} problem(s)",
+          file=sys.stderr)
+    return 1 if result.errors or missing else 0
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    spec = validate.load_spec(Path(args.spec))
+    config = expand.dag_config(spec)
+    print(json.dumps(config, indent=2) if args.json else _yaml(config), end="")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    result = validate.validate_paths(_default_paths(args.paths))
+    rows = []
+    for spec in result.specs:
+        if spec.kind.value == "retrain_on_new_dataset":
+            schedule = f"on {expand.dataset_asset_uri(spec.dataset_name or '?')}"
+        elif spec.schedule.enabled:
+            schedule = f"cron '{spec.schedule.cron}' {spec.schedule.timezone}"
+        else:
+            schedule = "manual"
+        rows.append({"spec": validate.display_path(spec.path), "dag_id": spec.dag_id,
+                     "kind": spec.kind.value, "profile": spec.training_profile,
+                     "schedule": schedule, "valid": True})
+    for path, error in result.errors.items():
+        rows.append({"spec": validate.display_path(path), "dag_id": "-", "kind": "-",
+                     "profile": "-", "schedule": "-", "valid": False,
+                     "problems": len(error.problems)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    headers = ("spec", "dag_id", "kind", "profile", "schedule")
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) if rows else len(h) for h in headers]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in rows:
+        line = "  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths, strict=True))
+        print(line + ("" if row["valid"] else f"  INVALID ({row['problems']} problem(s): "
+                      "run peftflow validate)"))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("validate", help="validate DAG specs (default: dag_specs/)",
+                              description="Validate specs: JSON Schema plus semantic checks. "
+                              "One line per problem: FILE:LINE:COL: $.path: message. Exit 0 "
+                              "when all are valid, 1 otherwise.")
+    p.add_argument("paths", nargs="*", help="spec files or folders (default: dag_specs/)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    p.set_defaults(func=cmd_validate)
+    p = subparsers.add_parser("render", help="print the dag-factory config a spec expands to")
+    p.add_argument("spec", help="a spec file")
+    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    p.set_defaults(func=cmd_render)
+    p = subparsers.add_parser("list", help="list specs, dag ids and schedules")
+    p.add_argument("paths", nargs="*", help="spec files or folders (default: dag_specs/)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=cmd_list)
