@@ -14,48 +14,61 @@ from peftflow.release import gate
 
 EVAL_RULES = {
     "pass": [
-        {"rule": "min_improvement", "suite": "pydoc_domain", "comparison": "<=", "threshold": -0.02,
-         "value": -0.137, "outcome": "pass", "message": "domain loss fell by 13.7 %"},
-        {"rule": "max_loss_increase", "suite": "lambada", "comparison": "<=", "threshold": 0.05,
-         "value": 0.0123, "outcome": "pass", "message": "retention within 5 %"},
+        {"rule": "min_domain_improvement", "suite": "pydoc_domain", "comparison": ">=",
+         "threshold": 0.02, "value": 0.137, "outcome": "pass", "message": "domain loss fell 13.7 %"},
+        {"rule": "max_retention_increase", "suite": "lambada", "comparison": "<=",
+         "threshold": 0.05, "value": 0.0123, "outcome": "pass", "message": "retention within 5 %"},
     ],
     "fail": [
-        {"rule": "min_improvement", "suite": "pydoc_domain", "comparison": "<=", "threshold": -0.02,
-         "value": -0.137, "outcome": "pass", "message": "domain loss fell by 13.7 %"},
-        {"rule": "max_loss_increase", "suite": "lambada", "comparison": "<=", "threshold": 0.05,
-         "value": 0.0812, "outcome": "fail", "message": "retention loss rose by 8.1 %"},
+        {"rule": "min_domain_improvement", "suite": "pydoc_domain", "comparison": ">=",
+         "threshold": 0.02, "value": 0.137, "outcome": "pass", "message": "domain loss fell 13.7 %"},
+        {"rule": "max_retention_increase", "suite": "lambada", "comparison": "<=",
+         "threshold": 0.05, "value": 0.0812, "outcome": "fail",
+         "message": "retention loss rose by 8.1 %"},
     ],
 }
+_PASS = {"rule": "document_count", "threshold": 100, "value": 506, "outcome": "pass",
+         "message": "506 documents", "offending_lines": []}
 QUALITY_RULES = {
-    "pass": [{"rule": "min_documents", "threshold": 100, "value": 506, "outcome": "pass",
-              "message": "", "offending_lines": []}],
-    "warn": [{"rule": "min_documents", "threshold": 100, "value": 506, "outcome": "pass",
-              "message": "", "offending_lines": []},
-             {"rule": "near_duplicates", "threshold": 0.02, "value": 0.031, "outcome": "warn",
-              "message": "3.1 % near-duplicate documents", "offending_lines": [4, 9, 77]}],
-    "fail": [{"rule": "min_documents", "threshold": 100, "value": 80, "outcome": "fail",
+    "pass": [_PASS],
+    "warn": [_PASS, {"rule": "duplicate_fraction", "threshold": 0.02, "value": 0.031,
+                     "outcome": "warn", "message": "3.1 % duplicate documents",
+                     "offending_lines": [4, 9, 77]}],
+    "fail": [{"rule": "document_count", "threshold": 100, "value": 80, "outcome": "fail",
               "message": "too few documents for the profile", "offending_lines": []}],
 }
+
+
+def verdict_doc(verdict: str, rules: list) -> dict:
+    return {"schema_version": 1, "verdict": verdict, "adapter_sha256": "b" * 64,
+            "metrics_sha256": "c" * 64, "profile": "smoke-cpu",
+            "created_at": "2026-11-27T12:00:00.000+00:00",
+            "thresholds": {"min_domain_improvement": 0.02, "max_retention_increase": 0.05,
+                           "baseline_tolerance": None},
+            "rules": rules, "notes": [],
+            "reasons": [r["message"] for r in rules if r["outcome"] == "fail"]}
 
 
 def write_verdict(folder: Path, verdict: str | None, rules: list | None = None) -> Path:
     path = folder / "verdict.json"
     if verdict is not None:
         rules = EVAL_RULES[verdict] if rules is None else rules
-        path.write_text(json.dumps({"schema_version": 1, "verdict": verdict, "rules": rules,
-                                    "reasons": [r["message"] for r in rules
-                                                if r["outcome"] == "fail"]}))
+        path.write_text(json.dumps(verdict_doc(verdict, rules)))
     return path
+
+
+def quality_doc(verdict: str) -> dict:
+    return {"schema_version": 1,
+            "dataset": {"name": "pydoc-docs", "version": "v1", "manifest_sha256": "a" * 64},
+            "verdict": verdict, "records": 506, "documents": 506, "tokens": 91234,
+            "invalid_records": 0, "thresholds": {"max_invalid_records": 0},
+            "rules": QUALITY_RULES[verdict], "reasons": []}
 
 
 def write_quality(folder: Path, verdict: str | None) -> Path:
     path = folder / "quality.json"
     if verdict is not None:
-        path.write_text(json.dumps({
-            "schema_version": 1, "dataset": {"name": "pydoc-docs", "version": "v1",
-                                             "manifest_sha256": "a" * 64},
-            "verdict": verdict, "records": 506, "documents": 506, "tokens": 91234,
-            "rules": QUALITY_RULES[verdict], "reasons": []}))
+        path.write_text(json.dumps(quality_doc(verdict)))
     return path
 
 
@@ -71,19 +84,19 @@ NO_REASON = gate.Override(actor="alice", reason="  ", allowed_by_spec=True)
         ("pass", "pass", False, None, True, False, r"^$"),
         ("pass", "warn", True, None, True, False, r"^$"),
         ("pass", "warn", False, None, False, False,
-         r"^dataset quality rule 'near_duplicates' warn: measured 0\.031, threshold 0\.02 "
-         r"\(3\.1 % near-duplicate documents\); warnings block because the spec sets "
+         r"^dataset quality rule 'duplicate_fraction' warn: measured 0\.031, threshold 0\.02 "
+         r"\(3\.1 % duplicate documents\); warnings block because the spec sets "
          r"allow_warn: false$"),
         ("pass", "fail", True, None, False, False,
-         r"^dataset quality rule 'min_documents' fail: measured 80, threshold 100 "
+         r"^dataset quality rule 'document_count' fail: measured 80, threshold 100 "
          r"\(too few documents for the profile\)$"),
         ("fail", "pass", False, None, False, False,
-         r"^evaluation rule 'max_loss_increase' on suite 'lambada': measured 0\.0812, "
+         r"^evaluation rule 'max_retention_increase' on suite 'lambada': measured 0\.0812, "
          r"required <= 0\.05 \(retention loss rose by 8\.1 %\)$"),
         ("fail", "fail", True, None, False, False,
-         r"^evaluation rule 'max_loss_increase'.*\ndataset quality rule 'min_documents' fail"),
+         r"^evaluation rule 'max_retention_increase'.*\ndataset quality rule 'document_count' fail"),
         ("fail", "warn", True, OK_OVERRIDE, True, True,
-         r"^evaluation rule 'max_loss_increase' on suite 'lambada': measured 0\.0812"),
+         r"^evaluation rule 'max_retention_increase' on suite 'lambada': measured 0\.0812"),
         ("fail", "pass", False, NOT_ALLOWED, False, False,
          r"\noverride requested by alice refused: the spec does not allow overrides"),
         ("fail", "pass", False, NO_REASON, False, False,
@@ -96,7 +109,7 @@ NO_REASON = gate.Override(actor="alice", reason="  ", allowed_by_spec=True)
          r"^dataset quality status .*quality\.json is missing; .*rerun prepare_dataset$"),
         (None, "pass", False, OK_OVERRIDE, False, False,
          r"override requested by alice refused: evidence is missing or invalid"),
-        ("fail", "fail", False, OK_OVERRIDE, True, True, r"min_documents' fail"),
+        ("fail", "fail", False, OK_OVERRIDE, True, True, r"document_count' fail"),
     ],
 )
 def test_gate_truth_table(tmp_path: Path, verdict: str | None, quality: str | None,
@@ -116,15 +129,16 @@ def test_gate_truth_table(tmp_path: Path, verdict: str | None, quality: str | No
     ("content", "match"),
     [
         ("{not json", r"evaluation verdict .* is unusable: not valid JSON"),
-        (json.dumps({"verdict": "maybe", "rules": []}),
-         r"unusable: \$\.verdict must be one of pass, fail"),
-        (json.dumps({"verdict": "pass", "rules": "all good"}),
-         r"unusable: \$\.rules must be a list"),
-        (json.dumps({"verdict": "pass", "rules": EVAL_RULES["fail"]}),
+        (json.dumps({**verdict_doc("pass", EVAL_RULES["pass"]), "verdict": "maybe"}),
+         r"is unusable: \$\.verdict: 'maybe' is not one of \['pass', 'fail'\]"),
+        (json.dumps({**verdict_doc("pass", EVAL_RULES["pass"]), "rules": "all good"}),
+         r"is unusable: \$\.rules: 'all good' is not of type 'array'"),
+        (json.dumps(verdict_doc("pass", EVAL_RULES["fail"])),
          r"says pass but 1 rule\(s\) failed; the file is inconsistent"),
-        (json.dumps({"verdict": "fail", "rules": EVAL_RULES["pass"],
+        (json.dumps({**verdict_doc("fail", EVAL_RULES["pass"]),
                      "reasons": ["suite lambada produced no tokens"]}),
          r"^evaluation verdict is fail: suite lambada produced no tokens$"),
+        ("null", r"is unusable: \$: None is not of type 'object'"),
     ],
 )
 def test_bad_or_inconsistent_verdict_blocks(tmp_path: Path, content: str, match: str) -> None:

@@ -18,8 +18,6 @@ from peftflow.errors import IntegrityError, MissingInputError, SpecError
 from peftflow.hashing import sha256_bytes, sha256_file
 from peftflow.status import utc_now
 
-QUALITY_VERDICTS = ("pass", "warn", "fail")
-EVAL_VERDICTS = ("pass", "fail")
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class _Findings:
             self.reasons.append(detail)
 
 
-def _load(name: str, path: Path, verdicts: tuple[str, ...], found: _Findings) -> dict[str, Any] | None:
+def _load(name: str, path: Path, found: _Findings) -> dict[str, Any] | None:
     """The parsed file when it is present and well-formed, else None with a blocking check."""
     what = "dataset quality status" if name == "quality" else "evaluation verdict"
     stage = "prepare_dataset" if name == "quality" else "evaluate_adapter"
@@ -121,17 +119,14 @@ def _load(name: str, path: Path, verdicts: tuple[str, ...], found: _Findings) ->
                   f"it; rerun {stage}", blocks=True)
         found.evidence_ok = False
         return None
-    problem = ""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        problem, doc = f"not valid JSON ({exc})", None
-    if doc is not None:
-        if not isinstance(doc, dict) or doc.get("verdict") not in verdicts:
-            problem = f"$.verdict must be one of {', '.join(verdicts)}"
-        elif not isinstance(doc.get("rules"), list) or not all(
-                isinstance(r, dict) and "rule" in r and "outcome" in r for r in doc["rules"]):
-            problem = "$.rules must be a list of {rule, outcome, ...} objects"
+        problem = f"not valid JSON ({exc})"
+    else:
+        # The producing stage's own schema: drift between stages blocks instead of guessing.
+        bad = schemas.problems(doc, name, str(path))
+        problem = "; ".join(f"{p.path}: {p.message}" for p in bad[:3])
     if problem:
         found.add(name, "invalid", f"{what} {path} is unusable: {problem}; rerun {stage}",
                   blocks=True)
@@ -143,12 +138,13 @@ def _load(name: str, path: Path, verdicts: tuple[str, ...], found: _Findings) ->
 def _eval_checks(doc: dict[str, Any], path: Path, found: _Findings) -> None:
     failed = [r for r in doc["rules"] if r["outcome"] == "fail"]
     for rule in doc["rules"]:
-        detail = (f"evaluation rule {rule['rule']!r} on suite {rule.get('suite', '-')!r}: "
+        suite = f"suite {rule['suite']!r}" if rule.get("suite") else "all suites"
+        detail = (f"evaluation rule {rule['rule']!r} on {suite}: "
                   f"measured {_num(rule.get('value'))}, required {rule.get('comparison', '')} "
                   f"{_num(rule.get('threshold'))}".replace("  ", " "))
         if rule.get("message"):
             detail += f" ({rule['message']})"
-        name = f"eval_rule:{rule['rule']}:{rule.get('suite', '-')}"
+        name = f"eval_rule:{rule['rule']}:{rule.get('suite') or '*'}"
         found.add(name, rule["outcome"], detail, blocks=rule["outcome"] == "fail")
     if doc["verdict"] == "pass" and failed:
         found.add("eval_verdict", "invalid", f"evaluation verdict {path} says pass but "
@@ -206,8 +202,8 @@ def decide(quality_path: str | Path, verdict_path: str | Path, *, allow_warn: bo
     """The gate's decision; never raises for bad evidence (that blocks, with a reason)."""
     found = _Findings()
     qpath, vpath = Path(quality_path).resolve(), Path(verdict_path).resolve()
-    verdict = _load("verdict", vpath, EVAL_VERDICTS, found)
-    quality = _load("quality", qpath, QUALITY_VERDICTS, found)
+    verdict = _load("verdict", vpath, found)
+    quality = _load("quality", qpath, found)
     if verdict is not None:
         _eval_checks(verdict, vpath, found)
     if quality is not None:

@@ -113,6 +113,12 @@ def current_release(profile: str, root: str | Path | None = None) -> ReleaseMani
     return found[-1] if found else None
 
 
+def baseline_metrics_path(profile: str, root: str | Path | None = None) -> Path | None:
+    """metrics.json of the profile's current release (the retrain gate's baseline), or None."""
+    release = current_release(profile, root)
+    return None if release is None else release.metrics_path
+
+
 def get_release(profile: str, version: str, root: str | Path | None = None) -> ReleaseManifest:
     return load_manifest(profile_dir(profile, root) / version / MANIFEST)
 
