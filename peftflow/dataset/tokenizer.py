@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 EOD = 0  # end of document; World token ids are 1..65529
 VOCAB_SIZE = 65536  # model vocabulary, so ids fit uint16
-FAST_PACKAGE = "rwkv-tokenizer"  # chosen over pyrwkv-tokenizer: identical ids, faster (bench/)
+FAST_PACKAGE = "pyrwkv-tokenizer"  # rwkv-tokenizer 0.5.2 gave identical ids at the same speed
+# (bench/bench_prepare.py --compare-tokenizers); this one is newer and already pinned.
 REFERENCE_PACKAGE = "rwkv"
 
 
@@ -23,17 +24,20 @@ class Encoder(Protocol):
 
 def vocab_path() -> Path:
     """The vocabulary of the reference implementation (rwkv/rwkv_vocab_v20230424.txt)."""
-    import rwkv
+    import importlib.util
 
-    return Path(rwkv.__file__).resolve().parent / "rwkv_vocab_v20230424.txt"
+    spec = importlib.util.find_spec("rwkv")  # locate it without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the `rwkv` package (its vocabulary) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "rwkv_vocab_v20230424.txt"
 
 
 @functools.lru_cache(maxsize=1)
 def fast() -> Encoder:
-    """The Rust World tokenizer (one per process; building it takes about 0.1 s)."""
-    import rwkv_tokenizer
+    """The Rust World tokenizer, one per process (building it takes ~0.4 s and ~210 MB)."""
+    import pyrwkv_tokenizer
 
-    encoder: Encoder = rwkv_tokenizer.WorldTokenizer(str(vocab_path()))
+    encoder: Encoder = pyrwkv_tokenizer.WorldTokenizer(str(vocab_path()))
     return encoder
 
 

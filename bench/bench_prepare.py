@@ -1,0 +1,222 @@
+"""Benchmark: prepare_dataset vs the reference path (TRIE_TOKENIZER + a json2binidx-style writer).
+
+Builds a JSONL of at least --mb MB from shipped text (LAMBADA passages paired with Python
+documentation paragraphs, every pair distinct, shuffled), registers it, then runs in one go:
+  - the project's stage, `scripts/prepare_dataset.sh`, at that size and at twice that size;
+  - the reference path at that size: per line json.loads, TRIE_TOKENIZER.encode, + EOD,
+    one numpy array per document written to .bin, sizes kept in a list, then the .idx.
+Each run is a child process; its wall time, throughput and peak memory (peak summed RSS of
+its process tree, sampled from /proc every 20 ms, and the largest single process's
+ru_maxrss) are printed, and the two outputs are compared byte for byte.
+
+    .venv/bin/python bench/bench_prepare.py [--mb 50] [--workers N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+LAMBADA = Path(os.environ.get("PEFTFLOW_LAMBADA", ROOT / "configs/eval/data/lambada_test.jsonl"))
+PYDOC = [ROOT / "data/smoke/pydoc-docs/v1/train.jsonl", ROOT / "configs/eval/data/pydoc_heldout.jsonl"]
+
+
+def _texts(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]
+
+
+def build_jsonl(path: Path, megabytes: float, seed: int = 1) -> int:
+    """Distinct documents (LAMBADA passage i + pydoc paragraph j) until the size is reached."""
+    lam, doc = _texts(LAMBADA), [t for p in PYDOC for t in _texts(p)]
+    import numpy as np
+
+    target, size, count = megabytes * 1e6, 0, 0
+    with open(path, "w", encoding="utf-8") as out:
+        for k in np.random.default_rng(seed).permutation(len(lam) * len(doc)).tolist():
+            i, j = k % len(lam), k // len(lam)
+            line = json.dumps({"text": f"{lam[i]}\n\n{doc[j]}"}, ensure_ascii=False) + "\n"
+            out.write(line)
+            size += len(line.encode("utf-8"))
+            count += 1
+            if size >= target:
+                break
+    return count
+
+
+def reference(jsonl: str, prefix: str) -> None:
+    """The reference path, the way json2binidx works (single process, Python loops)."""
+    import numpy as np
+
+    from peftflow.dataset import tokenizer
+
+    tok = tokenizer.reference()
+    sizes: list[int] = []
+    with open(jsonl, encoding="utf-8") as src, open(f"{prefix}.bin", "wb") as bin_out:
+        for line in src:
+            ids = tok.encode(json.loads(line)["text"]) + [0]
+            bin_out.write(np.array(ids, dtype=np.uint16).tobytes())
+            sizes.append(len(ids))
+    pointers, offset = [], 0
+    for n in sizes:
+        pointers.append(offset)
+        offset += n * 2
+    with open(f"{prefix}.idx", "wb") as idx:
+        idx.write(b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + struct.pack("<B", 8))
+        idx.write(struct.pack("<Q", len(sizes)) + struct.pack("<Q", len(sizes) + 1))
+        idx.write(np.array(sizes, dtype=np.int32).tobytes())
+        idx.write(np.array(pointers, dtype=np.int64).tobytes())
+        idx.write(np.arange(len(sizes) + 1, dtype=np.int64).tobytes())
+
+
+def compare_tokenizers(jsonl: Path, megabytes: float = 5.0) -> None:
+    """CPU MB/s of the two Rust packages on the first MB of the bench text, 3 rounds each."""
+    import importlib
+
+    from peftflow.dataset import tokenizer
+
+    texts, size = [], 0
+    with open(jsonl, encoding="utf-8") as handle:
+        for line in handle:
+            texts.append(json.loads(line)["text"])
+            size += len(texts[-1].encode("utf-8"))
+            if size >= megabytes * 1e6:
+                break
+    expected = [tokenizer.reference().encode(t) for t in texts[:200]]
+    for package in ("pyrwkv_tokenizer", "rwkv_tokenizer"):
+        try:
+            module = importlib.import_module(package)
+        except ModuleNotFoundError:
+            print(f"{package}: not installed")
+            continue
+        tok = module.WorldTokenizer(str(tokenizer.vocab_path()))
+        same = [tok.encode(t) for t in texts[:200]] == expected
+        rates = []
+        for _ in range(3):
+            t0 = time.process_time()
+            for text in texts:
+                tok.encode(text)
+            rates.append(size / 1e6 / (time.process_time() - t0))
+        print(f"{package}: {' '.join(f'{r:.1f}' for r in rates)} MB/s (CPU time), "
+              f"identical to TRIE_TOKENIZER on 200 documents: {same}")
+
+
+def _tree_rss(pid: int) -> int:
+    """Summed RSS (bytes) of a process and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as children:
+                    todo.extend(int(c) for c in children.read().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
+
+def measured(argv: list[str]) -> dict[str, float]:
+    """Run argv in a fresh wrapper process; wall time, peak tree RSS and largest ru_maxrss."""
+    wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:]).returncode;"
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r)")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    peak = [0]
+
+    def poll() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=poll)
+    sampler.start()
+    out, _ = proc.communicate()
+    sampler.join()
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:3]}... exited {proc.returncode}")
+    lines = out.decode().split()
+    return {"wall_s": wall, "tree_rss_mb": peak[0] / 2**20, "max_proc_rss_mb": int(lines[-1]) / 1024}
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mb", type=float, default=50.0, help="size of the JSONL in MB (>= 50)")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--keep", help="build in this folder and keep it")
+    ap.add_argument("--skip-reference", action="store_true", help="only run the stage")
+    ap.add_argument("--compare-tokenizers", action="store_true",
+                    help="also time pyrwkv-tokenizer against rwkv-tokenizer")
+    ap.add_argument("--reference", nargs=2, metavar=("JSONL", "PREFIX"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.reference:
+        reference(*args.reference)
+        return 0
+    from peftflow.dataset.manifest import register_dataset
+
+    folder = Path(args.keep or tempfile.mkdtemp(prefix="bench-prepare-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
+          "(shared with other jobs: numbers vary run to run)")
+    results: dict[str, dict[str, float]] = {}
+    for label, mb in (("stage", args.mb), ("stage_2x", 2 * args.mb)):
+        jsonl = folder / f"bench_{mb:g}mb.jsonl"
+        docs = build_jsonl(jsonl, mb)
+        size = jsonl.stat().st_size
+        manifest, _ = register_dataset(jsonl, "bench", f"{mb:g}mb")
+        out = folder / f"out_{label}"
+        run = measured([str(ROOT / "scripts/prepare_dataset.sh"), "--manifest", str(manifest),
+                        "--out", str(out), "--max-duplicate-fraction", "1",
+                        "--workers", str(args.workers)])
+        run.update(mb=size / 1e6, docs=docs, mb_s=size / 1e6 / run["wall_s"])
+        results[label] = run
+        print(f"{label:9s} {size / 1e6:7.1f} MB {docs:7d} docs  {run['wall_s']:7.2f} s  "
+              f"{run['mb_s']:6.2f} MB/s  peak tree RSS {run['tree_rss_mb']:6.1f} MB  "
+              f"largest process {run['max_proc_rss_mb']:6.1f} MB", flush=True)
+        if label == "stage" and args.compare_tokenizers:
+            compare_tokenizers(jsonl)
+        if label == "stage" and not args.skip_reference:
+            prefix = folder / "reference_text_document"
+            ref = measured([sys.executable, __file__, "--reference", str(jsonl), str(prefix)])
+            ref.update(mb=size / 1e6, docs=docs, mb_s=size / 1e6 / ref["wall_s"])
+            results["reference"] = ref
+            print(f"reference {size / 1e6:7.1f} MB {docs:7d} docs  {ref['wall_s']:7.2f} s  "
+                  f"{ref['mb_s']:6.2f} MB/s  peak tree RSS {ref['tree_rss_mb']:6.1f} MB  "
+                  f"largest process {ref['max_proc_rss_mb']:6.1f} MB", flush=True)
+            same = all(_sha(f"{prefix}{s}") == _sha(f"{out}/train_text_document{s}")
+                       for s in (".bin", ".idx"))
+            print(f"outputs byte-identical to the reference: {same}")
+            if not same:
+                return 1
+    if "reference" in results:
+        ratio = results["stage"]["mb_s"] / results["reference"]["mb_s"]
+        print(f"ratio stage/reference: {ratio:.1f}x (target >= 10x)")
+    print(f"peak tree RSS {results['stage']['tree_rss_mb']:.1f} MB at {args.mb:g} MB vs "
+          f"{results['stage_2x']['tree_rss_mb']:.1f} MB at {2 * args.mb:g} MB of input")
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The fast World tokenizer is token-identical to the reference rwkv.rwkv_tokenizer.TRIE_TOKENIZER."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from peftflow.dataset import tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_LAMBADA = ROOT.parent / "shared" / "testdata" / "lambada" / "lambada_test.jsonl"
+
+SAMPLES = {
+    "english": "The quick brown fox jumps over the lazy dog. It's 3:45 p.m.; isn't it?\n",
+    "chinese": "我们在训练一个语言模型。人工智能正在改变世界，数据质量非常重要！",
+    "russian": "Съешь же ещё этих мягких французских булок, да выпей чаю. Ёжик в тумане.",
+    "code": 'def f(x: int) -> int:\n\t"""Square."""\n    return x ** 2  # comment\r\n{"a": [1, 2]}\n',
+    "emoji": "Ship it 🚀🔥 family 👨‍👩‍👧‍👦 flags 🇺🇦🇯🇵 skin 👍🏽 keycap 1️⃣ zwj 🏳️‍🌈",
+    "mixed": "Ünïcödé — “quotes” … ½ ∑ ≠ ∞ 日本語 한국어 العربية עברית हिन्दी ไทย",
+    "whitespace": "  leading\n\n\n\ttabs   and   spaces  \r\n trailing   ",
+    "control": "bell\x07 escape\x1b del\x7f nbsp\xa0 zero-width\u200b bom\ufeff",
+}
+
+
+def _lambada_sample() -> list[str]:
+    path = SHARED_LAMBADA if SHARED_LAMBADA.exists() else ROOT / "configs/eval/data/lambada_test.jsonl"
+    with open(path, encoding="utf-8") as handle:
+        texts = [json.loads(line)["text"] for line in handle]
+    return texts[::10]  # 516 passages spread over the set
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_fast_tokenizer_equals_reference_on(name: str) -> None:
+    text = SAMPLES[name]
+    assert tokenizer.fast().encode(text) == tokenizer.reference().encode(text)
+
+
+def test_fast_tokenizer_equals_reference_on_a_lambada_sample() -> None:
+    texts = _lambada_sample()
+    assert len(texts) > 500
+    fast, ref = tokenizer.fast(), tokenizer.reference()
+    assert [fast.encode(t) for t in texts] == [ref.encode(t) for t in texts]
+
+
+def test_fast_tokenizer_equals_reference_on_random_unicode() -> None:
+    """Random strings over ASCII, Latin, Cyrillic, CJK, emoji and rare planes."""
+    rng = random.Random(20261127)
+    ranges = [(0x20, 0x7E), (0x0A, 0x0D), (0xA0, 0x24F), (0x400, 0x4FF), (0x4E00, 0x9FFF),
+              (0x1F300, 0x1FAFF), (0x10000, 0x10FFF), (0xE000, 0xE0FF)]
+    fast, ref = tokenizer.fast(), tokenizer.reference()
+    for _ in range(300):
+        text = "".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(rng.randint(1, 80)))
+        assert fast.encode(text) == ref.encode(text), text
+
+
+def test_every_vocabulary_entry_encodes_to_itself() -> None:
+    """Each token that is valid UTF-8 on its own is the single-token encoding of its text."""
+    ref = tokenizer.reference()
+    fast = tokenizer.fast()
+    checked = 0
+    for token_id, raw in ref.idx2token.items():
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        assert fast.encode(text) == ref.encode(text), (token_id, raw)
+        checked += 1
+    assert checked > 60000
+
+
+def test_decode_inverts_encode_and_stops_at_eod() -> None:
+    text = SAMPLES["emoji"] + SAMPLES["chinese"]
+    ids = tokenizer.fast().encode(text)
+    assert tokenizer.decode([*ids, tokenizer.EOD, 42]) == text
+    assert max(ids) < tokenizer.VOCAB_SIZE and min(ids) >= 1
+
+
+def test_tool_versions_name_the_tokenizer_package() -> None:
+    versions = tokenizer.versions()
+    assert versions["tokenizer"] == "pyrwkv-tokenizer"
+    assert versions["pyrwkv-tokenizer"] == "0.9.1"
