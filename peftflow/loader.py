@@ -16,6 +16,7 @@ from typing import Any
 
 from peftflow import expand, orchestration, validate
 from peftflow.errors import PeftflowError, Problem, SpecError
+from peftflow.spec import GPU_POOL, GPU_STAGES
 
 log = logging.getLogger("peftflow.loader")
 
@@ -46,8 +47,7 @@ def _build(config: dict[str, Any], globals_dict: MutableMapping[str, Any]) -> No
         warnings.simplefilter("ignore")
         from dagfactory import load_yaml_dags
         from dagfactory.utils import cast_with_type
-    load_yaml_dags(globals_dict, config_dict=cast_with_type(config),  # type: ignore[arg-type]
-                   defaults_config_dict={"default_args": {}})
+    load_yaml_dags(globals_dict, config_dict=cast_with_type(config))  # type: ignore[arg-type]
 
 
 def load(spec_dir: Path, globals_dict: MutableMapping[str, Any]) -> list[str]:
@@ -69,12 +69,20 @@ def load(spec_dir: Path, globals_dict: MutableMapping[str, Any]) -> list[str]:
     problems = result.problems
     built: list[str] = []
     for spec in result.specs:
+        shown = validate.display_path(spec.path)
         try:
             _build(expand.dag_config(spec), globals_dict)
         except Exception as exc:  # a bug in expansion must not hide the other DAGs
-            problems.append(Problem(validate.display_path(spec.path), 1, 1, "$",
+            problems.append(Problem(shown, 1, 1, "$",
                                     f"could not build the DAG: {type(exc).__name__}: {exc}"))
             log.exception("building DAG %s failed", spec.dag_id)
+            continue
+        outside = _gpu_tasks_outside_pool(globals_dict.get(spec.dag_id))
+        if outside:
+            globals_dict.pop(spec.dag_id, None)
+            problems.append(Problem(shown, 1, 1, "$", f"refused: GPU task(s) {outside} would "
+                                    f"run outside pool '{GPU_POOL}', where two runs could share "
+                                    "one GPU; GPU stages must use pool gpu"))
             continue
         built.append(spec.dag_id)
     if problems:
@@ -82,6 +90,13 @@ def load(spec_dir: Path, globals_dict: MutableMapping[str, Any]) -> list[str]:
             log.error("invalid spec: %s", problem)
         globals_dict["peftflow_report"] = _report(problems)
     return built
+
+
+def _gpu_tasks_outside_pool(dag: Any) -> list[str]:
+    if dag is None:
+        return []
+    return sorted(s.value for s in GPU_STAGES
+                  if getattr(dag.task_dict.get(s.value), "pool", None) != GPU_POOL)
 
 
 def _as_problems(exc: PeftflowError, file: str) -> list[Problem]:

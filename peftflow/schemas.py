@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from pathlib import Path
@@ -76,8 +77,10 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         allowed = set(error.schema.get("properties", {}))
         extra = sorted(k for k in error.instance if k not in allowed)
         if extra:
+            close = difflib.get_close_matches(str(extra[0]), sorted(allowed), n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
             return child_path(path, extra[0]), (
-                f"unknown key {extra[0]!r}" + _fix_hint(error)
+                f"unknown key {extra[0]!r}{guess}" + _fix_hint(error)
             )
     if error.validator == "required":
         return path, f"{error.message}" + _fix_hint(error)
@@ -92,7 +95,9 @@ def problems(doc: Marked | Any, schema_name: str, file: str) -> list[Problem]:
         leaves = _leaf_errors(error)
         for leaf in leaves:
             path, message = _describe(leaf)
-            line, col = marked.key_marks.get(path) or marked.locate(path)
+            # An unknown key is pointed at by its key; a bad value by the value itself.
+            at_key = leaf.validator == "additionalProperties" and path in marked.key_marks
+            line, col = marked.key_marks[path] if at_key else marked.locate(path)
             found.append(Problem(file, line, col, path, message))
     unique = {(p.line, p.col, p.path, p.message): p for p in found}
     return sorted(unique.values(), key=lambda p: (p.line, p.col, p.path))

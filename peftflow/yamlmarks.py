@@ -65,8 +65,13 @@ class _Builder:
                     raise self._problem(
                         key_node, sub, f"duplicate key {key!r}; keep one of the entries"
                     )
-                self.key_marks[sub] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                key_at = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                self.key_marks[sub] = key_at
                 result[key] = self.build(value_node, sub)
+                if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)) and \
+                        not value_node.flow_style:
+                    # A block collection starts on the line after its key; point at the key.
+                    self.marks[sub] = key_at
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, child_path(path, i)) for i, item in enumerate(node.value)]

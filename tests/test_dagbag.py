@@ -1,0 +1,125 @@
+"""The DAG folder as Airflow's dag-processor sees it (BundleDagBag puts dags/ on sys.path)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from peftflow import validate
+from peftflow.spec import GPU_STAGES, STAGES, Spec, SpecKind, Stage
+
+TASK_ORDER = ["prepare_dataset", "train_adapter", "evaluate_adapter", "release_gate",
+              "release_adapter"]
+
+
+def _bag(dags_folder: Path):  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    return BundleDagBag(str(dags_folder), bundle_path=str(dags_folder), bundle_name="dags")
+
+
+@pytest.fixture(scope="module")
+def project_bag(project_root: Path):  # type: ignore[no-untyped-def]
+    return _bag(project_root / "dags")
+
+
+@pytest.fixture(scope="module")
+def specs(project_root: Path) -> list[Spec]:
+    return validate.validate_paths([project_root / "dag_specs"]).specs
+
+
+def test_dag_folder_has_no_import_errors(project_bag) -> None:  # type: ignore[no-untyped-def]
+    assert project_bag.import_errors == {}
+
+
+def test_every_spec_becomes_its_dag(project_bag, specs: list[Spec]) -> None:  # type: ignore[no-untyped-def]
+    assert specs, "no specs found"
+    assert sorted(project_bag.dags) == sorted(s.dag_id for s in specs)
+
+
+def test_each_dag_has_the_stage_chain_pools_and_retries_of_its_spec(  # type: ignore[no-untyped-def]
+        project_bag, specs: list[Spec]) -> None:
+    for spec in specs:
+        dag = project_bag.dags[spec.dag_id]
+        assert sorted(dag.task_dict) == sorted(TASK_ORDER)
+        for upstream, downstream in zip(TASK_ORDER, TASK_ORDER[1:], strict=False):
+            assert dag.task_dict[downstream].upstream_task_ids == {upstream}
+        for stage in STAGES:
+            task = dag.task_dict[stage.value]
+            assert task.pool == ("gpu" if stage in GPU_STAGES else "default_pool"), stage
+            assert task.retries == spec.retry_policy(stage).retries
+            assert task.retry_delay.total_seconds() == spec.retry_policy(stage).retry_delay_s
+        assert dag.task_dict["release_gate"].retries == 0
+        assert dag.max_active_runs == spec.max_active_runs
+        assert "peftflow" in dag.tags
+
+
+def test_schedules_follow_the_spec(project_bag, specs: list[Spec]) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import CronTriggerTimetable
+
+    for spec in specs:
+        dag = project_bag.dags[spec.dag_id]
+        if spec.kind is SpecKind.RETRAIN:
+            assert "Asset" in type(dag.timetable).__name__
+        elif spec.schedule.enabled:
+            assert isinstance(dag.timetable, CronTriggerTimetable)
+        else:
+            assert type(dag.timetable).__name__ == "NullTimetable"
+
+
+def test_trigger_params_are_declared_with_bounds(project_bag, specs: list[Spec]) -> None:  # type: ignore[no-untyped-def]
+    for spec in specs:
+        params = project_bag.dags[spec.dag_id].params
+        assert params.get_param("note").schema["maxLength"] == spec.trigger.note_max_length
+        assert params.get_param("training_profile").schema["enum"][0] == spec.training_profile
+
+
+def _copy_project_dags(tmp_path: Path, project_root: Path) -> tuple[Path, Path]:
+    dags = tmp_path / "dags"
+    specs = tmp_path / "dag_specs"
+    dags.mkdir()
+    shutil.copy(project_root / "dags" / "peftflow_dags.py", dags)
+    shutil.copytree(project_root / "dag_specs", specs)
+    return dags, specs
+
+
+def test_broken_spec_does_not_hide_other_dags(tmp_path: Path, project_root: Path,
+                                               specs: list[Spec]) -> None:
+    dags, spec_dir = _copy_project_dags(tmp_path, project_root)
+    (spec_dir / "zz_broken.yaml").write_text("dag_id: zz_broken\nowner: [oops\n")
+    bag = _bag(dags)
+    assert sorted(bag.dags) == sorted(s.dag_id for s in specs)
+    (message,) = bag.import_errors.values()
+    assert "zz_broken.yaml:" in message and "YAML syntax error" in message
+
+
+def test_every_broken_spec_is_listed_in_the_import_error(tmp_path: Path,
+                                                         project_root: Path) -> None:
+    dags, spec_dir = _copy_project_dags(tmp_path, project_root)
+    (spec_dir / "a_empty.yaml").write_text("")
+    (spec_dir / "b_typo.yaml").write_text(
+        (project_root / "tests/fixtures/specs/invalid/unknown_top_level_key.yaml").read_text())
+    bag = _bag(dags)
+    (message,) = bag.import_errors.values()
+    assert "a_empty.yaml:1:1: $: the file is empty" in message
+    assert "b_typo.yaml:12:1: $.retires: unknown key 'retires'" in message
+
+
+def test_gpu_stages_always_use_the_gpu_pool_even_if_expansion_is_tampered(  # type: ignore[no-untyped-def]
+        monkeypatch, specs: list[Spec]) -> None:
+    from peftflow import expand, loader
+
+    original = expand.dag_config
+
+    def without_pool(spec: Spec):  # type: ignore[no-untyped-def]
+        config = original(spec)
+        config[spec.dag_id]["tasks"][Stage.TRAIN.value].pop("pool")
+        return config
+
+    monkeypatch.setattr(expand, "dag_config", without_pool)
+    built: dict[str, object] = {}
+    loader.load(Path(specs[0].path).parent, built)
+    assert specs[0].dag_id not in built
+    assert "outside pool 'gpu'" in str(built["peftflow_report"].peftflow_problems)

@@ -1,0 +1,84 @@
+"""Golden spec fixtures: every valid one loads, every invalid one fails with its message."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from peftflow import validate
+from peftflow.errors import SpecError
+from peftflow.spec import GPU_STAGES, SpecKind, Stage
+
+FIXTURES = Path(__file__).parent / "fixtures" / "specs"
+EXPECTED = json.loads((FIXTURES / "invalid" / "expected.json").read_text())
+LOCATED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<path>\$\S*): .+")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (FIXTURES / "valid").glob("*.yaml")))
+def test_valid_fixture_loads_as_a_typed_spec(name: str) -> None:
+    spec = validate.load_spec(FIXTURES / "valid" / name)
+    assert spec.dag_id.startswith("fixture_")
+    assert spec.path.name == name
+
+
+def test_there_are_at_least_twenty_invalid_fixtures_each_with_an_expectation() -> None:
+    files = {p.name for p in (FIXTURES / "invalid").glob("*.yaml")}
+    assert len(files) >= 20
+    assert files == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_invalid_fixture_fails_with_its_located_message(name: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        validate.load_spec(FIXTURES / "invalid" / name)
+    text = str(caught.value)
+    assert re.search(EXPECTED[name], text), text
+    for line in text.splitlines():
+        assert LOCATED.match(line), f"not FILE:LINE:COL: $.path: message -> {line!r}"
+
+
+def test_problem_lines_point_into_the_spec_file_itself() -> None:
+    with pytest.raises(SpecError) as caught:
+        validate.load_spec(FIXTURES / "invalid" / "negative_threshold.yaml")
+    problem = caught.value.problems[0]
+    source = (FIXTURES / "invalid" / "negative_threshold.yaml").read_text().splitlines()
+    assert source[problem.line - 1][problem.col - 1:].startswith("-0.1")
+
+
+def test_duplicate_dag_ids_across_files_are_reported_on_the_second_file() -> None:
+    result = validate.validate_paths([FIXTURES / "duplicate"])
+    assert [s.path.name for s in result.specs] == ["a.yaml"]
+    (problem,) = result.problems
+    assert problem.file.endswith("b.yaml") and problem.path == "$.dag_id"
+    assert "already used by" in problem.message and "a.yaml" in problem.message
+
+
+def test_project_specs_are_all_valid(project_root: Path) -> None:
+    result = validate.validate_paths([project_root / "dag_specs"])
+    assert result.problems == []
+    kinds = {s.kind for s in result.specs}
+    assert SpecKind.RETRAIN in kinds and SpecKind.PROFILE in kinds
+    assert len(result.specs) >= 4
+
+
+def test_spec_is_typed_with_defaults_applied() -> None:
+    spec = validate.load_spec(FIXTURES / "valid" / "minimal.yaml")
+    assert spec.gate.quality.max_invalid_records == 0
+    assert spec.schedule.enabled is False
+    assert spec.retry_policy(Stage.TRAIN).retries == 1
+    assert spec.max_active_runs == 1
+    full = validate.load_spec(FIXTURES / "valid" / "cron_full.yaml")
+    assert full.retry_policy(Stage.TRAIN).retries == 2
+    assert full.retry_policy(Stage.RELEASE).retries == 0
+    assert full.retry_policy(Stage.RELEASE).retry_delay_s == 60
+    assert full.gate.compare_to_release and full.gate.release_tolerance == 0.01
+    assert GPU_STAGES == {Stage.TRAIN, Stage.EVALUATE}
+
+
+def test_retrain_spec_always_compares_with_the_current_release() -> None:
+    spec = validate.load_spec(FIXTURES / "valid" / "retrain.yaml")
+    assert spec.kind is SpecKind.RETRAIN
+    assert spec.gate.compare_to_release and spec.gate.release_tolerance == 0.02
