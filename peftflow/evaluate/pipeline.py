@@ -1,0 +1,192 @@
+"""One evaluation: check inputs, merge, score base and adapted model, write metrics/verdict/chart."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftflow import atomic, schemas, status
+from peftflow import profile as profile_mod
+from peftflow.errors import IntegrityError, MissingInputError
+from peftflow.evaluate import chart, merge, scoring, suites, verdict
+from peftflow.hashing import sha256_file
+from peftflow.profile import PeftMethod
+from peftflow.stages.common import Progress
+
+METRICS, VERDICT, CHART = "metrics.json", "verdict.json", "eval_chart.png"
+OUTPUT_FILES = (METRICS, VERDICT, CHART)
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 1000, 0
+
+
+@dataclass(frozen=True)
+class Request:
+    profile: Path
+    adapter: Path
+    suites: tuple[Path, ...]
+    out: Path
+    thresholds: verdict.Thresholds
+    baseline_metrics: Path | None = None
+    write_merged: Path | None = None
+    pissa_init: Path | None = None
+    threads: int | None = None  # None: the profile's runtime.threads
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics.json (e.g. the released adapter's), schema-checked."""
+    if not path.is_file():
+        raise MissingInputError(f"{path}: baseline metrics not found (--baseline-metrics)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path}: not valid JSON ({exc}); pass the released adapter's "
+                             "metrics.json") from None
+    schemas.check(doc, "eval_metrics", str(path))
+    return doc  # type: ignore[no-any-return]
+
+
+def evaluate(req: Request, rec: status.StageRecorder) -> dict[str, Any]:
+    """Run the evaluation; returns the verdict document. Raises before scoring on bad inputs."""
+    prof = profile_mod.load(req.profile)
+    rec.add_input("profile", req.profile)
+    loaded = suites.load_all(req.suites)
+    for suite in loaded:
+        suites.verify_data(suite)
+        rec.add_input(f"suite:{suite.name}", suite.path)
+        rec.add_input(f"suite_data:{suite.name}", suite.data_path)
+    baseline = read_metrics(req.baseline_metrics) if req.baseline_metrics else None
+    if req.baseline_metrics:
+        rec.add_input("baseline_metrics", req.baseline_metrics)
+
+    adapter_sd = merge.load_checkpoint(req.adapter, "adapter checkpoint")
+    adapter_ref = rec.add_input("adapter", req.adapter)
+    base_path = prof.model.base_model_path()
+    if not base_path.is_file():
+        raise MissingInputError(f"{base_path}: base model of profile {req.profile} not found; "
+                                "create it (peftflow model init-tiny --profile ...) or fix "
+                                "model.base_model")
+    base_sd = merge.load_checkpoint(base_path, "base model")
+    merge.check_base(base_sd, prof, base_path)
+    base_ref = rec.add_input("base_model", base_path)
+    init_sd = None
+    if prof.peft.method is PeftMethod.PISSA:
+        init_path = req.pissa_init or req.adapter.parent / "init_pissa.pth"
+        init_sd = merge.load_checkpoint(init_path, "PiSSA init file (init_pissa.pth)")
+        rec.add_input("pissa_init", init_path)
+    merged = merge.merge(base_sd, adapter_sd, prof, req.adapter, init_sd)
+    notes = []
+    if prof.quantization != "none":
+        notes.append(f"trained on a {prof.quantization}-quantised base; merged into and "
+                     "scored against the full-precision base")
+    encode = suites.encoder()
+    documents = [suites.tokenize(s, encode) for s in loaded]
+
+    merged_path = req.write_merged or req.out / f"{atomic.TMP_PREFIX}merged.pth"
+    merge.write_merged(merged.state_dict, merged_path)
+    adapter_entry = {"path": adapter_ref.path, "sha256": adapter_ref.sha256,
+                     "method": merged.method.value, "scaling": merged.scaling,
+                     "merged_tensors": len(merged.merged), "replaced_tensors": len(merged.replaced)}
+    del base_sd, adapter_sd, init_sd, merged  # the models are loaded from files below
+    gc.collect()
+    meter = scoring.Throughput()
+    try:
+        threads = prof.runtime.threads if req.threads is None else req.threads
+        base_scores = _score_all("base", base_path, documents, prof, threads, meter)
+        adapted_scores = _score_all("adapted", merged_path, documents, prof, threads, meter)
+    finally:
+        if req.write_merged is None:
+            with contextlib.suppress(FileNotFoundError):
+                merged_path.unlink()
+    comparisons = [scoring.compare(b, a, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+                   for b, a in zip(base_scores, adapted_scores)]
+
+    metrics_doc = {
+        "schema_version": 1,
+        "profile": {"name": prof.name, "path": str(prof.path), "sha256": prof.sha256},
+        "adapter": adapter_entry,
+        "base_model": {"path": base_ref.path, "sha256": base_ref.sha256},
+        "eval_strategy": prof.runtime.eval_strategy,
+        "tokenizer": suites.tokenizer_name(),
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
+                      "statistic": "relative_change"},
+        "suites": {s.name: _suite_entry(s, c) for s, c in zip(loaded, comparisons)},
+        "throughput": {"tokens_scored": meter.tokens, "seconds": round(meter.seconds, 3),
+                       "tokens_per_s": round(meter.tokens_per_s, 1),
+                       "threads": scoring.threads_in_use()},
+        "notes": notes,
+    }
+    metrics_path = req.out / METRICS
+    schemas.check(metrics_doc, "eval_metrics", str(metrics_path))
+    atomic.write_json(metrics_path, metrics_doc)
+    chart.render(req.out / CHART, [s.name for s in loaded], [s.kind.value for s in loaded],
+                 [c.base_loss for c in comparisons], [c.adapted_loss for c in comparisons],
+                 [c.relative_change for c in comparisons],
+                 f"{prof.name}: {req.adapter.name} vs base")
+    results = [verdict.SuiteResult(s.name, s.kind, c.base_loss, c.adapted_loss,
+                                   c.relative_change, s.data_sha256, c.tokens)
+               for s, c in zip(loaded, comparisons)]
+    judged = verdict.judge(results, req.thresholds, baseline["suites"] if baseline else None)
+    verdict_doc = verdict.document(
+        judged, req.thresholds, adapter_sha256=adapter_ref.sha256,
+        metrics_sha256=sha256_file(metrics_path), profile=prof.name, created_at=status.utc_now())
+    verdict_path = req.out / VERDICT
+    schemas.check(verdict_doc, "verdict", str(verdict_path))
+    atomic.write_json(verdict_path, verdict_doc)
+
+    rec.add_output("metrics", metrics_path)
+    rec.add_output("verdict", verdict_path)
+    rec.add_output("eval_chart", req.out / CHART)
+    if req.write_merged:
+        rec.add_output("merged_model", req.write_merged)
+    rec.metrics.update({
+        "verdict": verdict_doc["verdict"],
+        "suites": {s.name: {"kind": s.kind.value, "tokens": c.tokens, "base_loss": c.base_loss,
+                            "adapted_loss": c.adapted_loss, "relative_change": c.relative_change}
+                   for s, c in zip(loaded, comparisons)},
+        "tokens_per_s": round(meter.tokens_per_s, 1),
+        "seconds": round(meter.seconds, 3),
+    })
+    return verdict_doc
+
+
+def _suite_entry(suite: suites.Suite, c: scoring.Comparison) -> dict[str, Any]:
+    def finite(x: float) -> float | None:
+        return x if x != float("inf") else None
+
+    return {
+        "kind": suite.kind.value, "file": str(suite.path), "file_sha256": suite.sha256,
+        "data_sha256": suite.data_sha256, "ctx_len": suite.ctx_len,
+        "documents": c.documents, "tokens": c.tokens,
+        "base_loss": c.base_loss, "adapted_loss": c.adapted_loss,
+        "base_ppl": finite(c.base_ppl), "adapted_ppl": finite(c.adapted_ppl),
+        "relative_change": c.relative_change, "ci95": list(c.ci95),
+    }
+
+
+def _score_all(label: str, model_path: Path, documents: list[suites.Documents],
+               prof: profile_mod.Profile, threads: int,
+               meter: scoring.Throughput) -> list[list[scoring.DocScore]]:
+    """Score every suite with one model (one model in memory at a time)."""
+    model = scoring.load_model(model_path, prof.runtime.eval_strategy, threads)
+    progress = Progress("evaluate_adapter")
+    results = []
+    for docs in documents:
+        total, started = len(docs.windows), time.monotonic()
+
+        def report(done: int, tokens: int, force: bool = False) -> None:
+            rate = tokens / max(time.monotonic() - started, 1e-9)
+            progress.maybe(lambda _: f"{label} model, suite {docs.suite.name}: {done}/{total} "
+                           f"documents, {tokens} tokens, {rate:.0f} tokens/s", force)
+
+        with meter:
+            scores = scoring.score_windows(model, docs.windows, report)
+        meter.tokens += docs.tokens
+        report(total, docs.tokens, force=True)
+        results.append(scores)
+    del model
+    gc.collect()
+    return results
