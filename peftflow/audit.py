@@ -201,8 +201,23 @@ class AuditProblem:
         return f"{self.file}:{self.line}: {self.message}"
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    data = path.read_bytes() if path.exists() else b""
+def _snapshot(target: Path) -> tuple[bytes, bytes | None]:
+    """Log and head bytes read under the writers' lock, so no half-written line is seen."""
+    def read() -> tuple[bytes, bytes | None]:
+        head = Path(f"{target}.head")
+        return (target.read_bytes() if target.exists() else b"",
+                head.read_bytes() if head.exists() else None)
+
+    if not target.exists():
+        return read()
+    try:
+        with locked(target, timeout=30):
+            return read()
+    except (OSError, ResourceError):
+        return read()  # a read-only copy of a log, or a stuck writer: check what is there
+
+
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
     complete = data.count(b"\n")
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if raw or number <= complete:
@@ -214,14 +229,14 @@ def verify(path: str | Path | None = None) -> list[AuditProblem]:
     target = log_path(path)
     name = str(target)
     found: list[AuditProblem] = []
-    data = target.read_bytes() if target.exists() else b""
+    data, head = _snapshot(target)
     if data and not data.endswith(b"\n"):
         found.append(AuditProblem(name, len(data.split(b"\n")),
                                   "incomplete last line (no newline): the file was cut"))
     prev_hash: str | None = GENESIS
     prev_seq = 0
     by_seq: dict[int, tuple[str, int]] = {}
-    for number, raw in _lines(target):
+    for number, raw in _lines(data):
         try:
             event = json.loads(raw)
             if not isinstance(event, dict):
@@ -249,19 +264,19 @@ def verify(path: str | Path | None = None) -> list[AuditProblem]:
         prev_hash = stored if isinstance(stored, str) else None
         if isinstance(seq, int) and isinstance(stored, str):
             by_seq[seq] = (stored, number)
-    found.extend(_check_head(target, by_seq, len(data.split(b"\n")) - 1))
+    found.extend(_check_head(target, head, by_seq, len(data.split(b"\n")) - 1))
     return found
 
 
 def _check_head(
-    target: Path, by_seq: dict[int, tuple[str, int]], lines: int
+    target: Path, raw: bytes | None, by_seq: dict[int, tuple[str, int]], lines: int
 ) -> list[AuditProblem]:
     head = Path(f"{target}.head")
-    if not head.exists():
+    if raw is None:
         return [] if not by_seq else [AuditProblem(str(head), 1, "head file missing: cannot "
                                                    "tell whether events were cut off the end")]
     try:
-        mark = json.loads(head.read_text(encoding="utf-8"))
+        mark = json.loads(raw)
         seq, digest = int(mark["seq"]), str(mark["hash"])
     except (ValueError, KeyError, TypeError):
         return [AuditProblem(str(head), 1, "head file unreadable")]
@@ -269,15 +284,16 @@ def _check_head(
         return [AuditProblem(str(target), lines + 1, f"the log ends before seq {seq} "
                              f"recorded in {head.name}: events were removed from the end")]
     if by_seq[seq][0] != digest:
-        return [AuditProblem(str(target), by_seq[seq][1], f"event seq {seq} does not match the hash "
-                             f"recorded in {head.name}: the log was rewritten")]
+        return [AuditProblem(str(target), by_seq[seq][1], f"event seq {seq} does not match "
+                             f"the hash recorded in {head.name}: the log was rewritten")]
     return []
 
 
 def events(path: str | Path | None = None, dag_id: str | None = None,
            run_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Readable events in file order, optionally of one DAG and/or run (verify() for damage)."""
-    for _number, raw in _lines(log_path(path)):
+    target = log_path(path)
+    for _number, raw in _lines(target.read_bytes() if target.exists() else b""):
         try:
             event = json.loads(raw)
         except ValueError:

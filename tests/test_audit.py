@@ -127,6 +127,19 @@ def test_removed_last_events_are_detected_through_the_head(tmp_path: Path) -> No
     assert "ends before seq 5" in problems[0].message and problems[0].line == 4
 
 
+def test_a_log_emptied_or_stripped_of_its_head_is_detected(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    _fill(log, 3)
+    head = Path(f"{log}.head")
+    saved = head.read_bytes()
+    head.unlink()
+    assert [p.message for p in audit.verify(log)] == [
+        "head file missing: cannot tell whether events were cut off the end"]
+    head.write_bytes(saved)
+    log.write_bytes(b"")
+    assert "ends before seq 3" in audit.verify(log)[0].message
+
+
 def test_append_refuses_to_extend_a_torn_last_line(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     _fill(log, 2)
