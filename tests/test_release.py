@@ -137,7 +137,8 @@ def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str) -> None:
         "eval_strategy": "cpu fp32", "tokenizer": "rwkv world",
         "bootstrap": {"resamples": 200, "seed": 0, "statistic": "relative_change"},
         "suites": suites,
-        "throughput": {"tokens_scored": 12192, "seconds": 1.5, "tokens_per_s": 8128.0}}))
+        "throughput": {"tokens_scored": 12192, "seconds": 1.5, "tokens_per_s": 8128.0,
+                       "threads": 2}}))
     rules = [
         {"rule": "min_domain_improvement", "suite": "pydoc_domain", "comparison": ">=",
          "threshold": 0.01, "value": 0.1369, "outcome": "pass", "message": "13.69 % better"},
@@ -285,9 +286,24 @@ def test_a_blocked_gate_decision_refuses_with_exit_7(tmp_path: Path) -> None:
     assert "release gate blocked this release" in done.stderr
     assert "max_retention_increase' on suite 'lambada': measured 0.0129, required <= 0.001" \
         in done.stderr
-    assert not (blocked.releases / PROFILE).exists()
+    assert not [p for p in (blocked.releases / PROFILE).iterdir() if p.is_dir()]
     status = blocked.status()
     assert status["status"] == "blocked" and status["outputs"] == [] and status["exit_code"] == 7
+    assert blocked.release().returncode == 7  # a retry does not record the block twice
+    records = registry.list_blocked(PROFILE, blocked.releases)
+    assert len(records) == 1 and records[0]["run_id"] == "manual__2026-11-27T12:00:00"
+    assert "measured 0.0129, required <= 0.001" in records[0]["reasons"][0]
+
+
+def test_a_merged_model_is_released_beside_the_adapter(tmp_path: Path, run: Run) -> None:
+    merged = save_adapter(tmp_path / "merged.pth", 77)
+    done = run.release("manual__merged", "--merged", str(merged))
+    assert done.returncode == 0, done.stderr
+    manifest = registry.get_release(PROFILE, "r0001").doc
+    assert manifest["merged_model"]["sha256"] == sha256_file(merged)
+    assert manifest["files"]["merged_model"] == "merged_model.pth"
+    report = (run.releases / PROFILE / "r0001" / "report.md").read_text()
+    assert "| Merged model | `merged_model.pth`" in report
 
 
 def test_a_gate_decision_about_other_files_is_refused(tmp_path: Path, run: Run) -> None:

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from peftflow.exitcodes import ExitCode
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -91,7 +93,7 @@ def _show(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
-            return 5
+            return int(ExitCode.INTEGRITY)
         print(f"OK: {len(release.doc['files_sha256'])} files match the manifest",
               file=sys.stderr)
     return 0

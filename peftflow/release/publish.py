@@ -115,13 +115,16 @@ def _gather(req: ReleaseRequest) -> tuple[dict[str, dict[str, Any]], dict[str, F
 
 
 def _check_consistency(decision: gate.GateDecision, refs: dict[str, FileRef],
-                       gate_path: Path) -> None:
+                       gate_path: Path, profile: str) -> None:
     """The gate judged this run's files, and the verdict judged this adapter and metrics."""
     for name in ("quality", "verdict"):
         if decision.evidence_sha(name) != refs[name].sha256:
             raise IntegrityError(f"{gate_path}: the gate decided on a different {name} file "
                                  f"than {refs[name].path} of this run; rerun the gate")
     verdict = json.loads(Path(refs["verdict"].path).read_text(encoding="utf-8"))
+    if verdict.get("profile") != profile:
+        raise IntegrityError(f"{refs['verdict'].path}: evaluated profile "
+                             f"{verdict.get('profile')!r}, but --profile is {profile!r}")
     for key, role in (("adapter_sha256", "adapter"), ("metrics_sha256", "metrics")):
         if verdict.get(key) != refs[role].sha256:
             judged = str(verdict.get(key))[:12]
@@ -134,13 +137,15 @@ def publish(req: ReleaseRequest) -> ReleaseResult:
     """Release the run's adapter, or return the existing release of this run (noop)."""
     decision = gate.read_decision(req.gate_path)
     if not decision.release:
+        registry.record_block(decision, req.profile.name, req.dag_id, req.run_id,
+                              try_number=req.try_number, root=req.root)  # once per decision
         raise GateBlocked("the release gate blocked this release:\n  - "
                           + "\n  - ".join(decision.reasons or ("no reason recorded",)))
     if req.version is not None and not registry.VERSION_RE.match(req.version):
         raise ConfigError(f"--version {req.version!r}: use letters, digits, '.', '_', '-' "
                           "(at most 64), e.g. r0007 or 2026.11.1")
     docs, refs = _gather(req)
-    _check_consistency(decision, refs, req.gate_path)
+    _check_consistency(decision, refs, req.gate_path, req.profile.name)
     facts = lineage.collect(req.profile, req.spec_path, docs, refs)
     consumed = tuple(refs.values())
     folder = registry.profile_dir(req.profile.name, req.root)
