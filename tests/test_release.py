@@ -399,3 +399,16 @@ def test_releases_cli_lists_shows_and_verifies(run: Run) -> None:
     assert "adapter.pth: sha256 differs from the manifest" in bad.stderr
     missing = _cli(run.env, "releases", "show", PROFILE, "r0042")
     assert missing.returncode == 3 and "release manifest not found" in missing.stderr
+
+
+def test_two_runs_released_at_once_get_distinct_versions(tmp_path: Path, run: Run) -> None:
+    second = make_run(tmp_path, "run2", seed=2)
+    procs = [subprocess.Popen([str(SCRIPT), *r.args(run_id)], env=r.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for r, run_id in ((run, "manual__a"), (second, "manual__b"))]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    releases = registry.list_releases(PROFILE)
+    assert sorted(r.version for r in releases) == ["r0001", "r0002"]
+    assert sorted(r.run_id for r in releases) == ["manual__a", "manual__b"]
