@@ -175,8 +175,9 @@ def append_event(doc: dict[str, Any], path: str | Path | None = None) -> dict[st
                 prev = json.loads(last)
                 prev_hash, seq = prev["hash"], int(prev["seq"]) + 1
             except (ValueError, KeyError, TypeError):
-                raise IntegrityError(f"{target}:{_line_count(target)}: the last event is unreadable; run "
-                                     "`peftflow audit verify` and move the log aside") from None
+                raise IntegrityError(f"{target}:{_line_count(target)}: the last event is "
+                                     "unreadable; run `peftflow audit verify` and move the log "
+                                     "aside") from None
         event = {**fields, "seq": seq, "ts": utc_now(), "prev_hash": prev_hash}
         event["hash"] = event_hash(event)
         schemas.check(event, "audit_event", f"{target}:{seq}")

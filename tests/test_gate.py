@@ -1,4 +1,4 @@
-"""The blocking release gate: a truth table of verdicts, dataset quality, allow_warn and overrides."""
+"""The blocking release gate: truth table of verdicts, dataset quality, allow_warn, overrides."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from peftflow.release import gate
 EVAL_RULES = {
     "pass": [
         {"rule": "min_domain_improvement", "suite": "pydoc_domain", "comparison": ">=",
-         "threshold": 0.02, "value": 0.137, "outcome": "pass", "message": "domain loss fell 13.7 %"},
+         "threshold": 0.02, "value": 0.137, "outcome": "pass", "message": "domain -13.7 %"},
         {"rule": "max_retention_increase", "suite": "lambada", "comparison": "<=",
          "threshold": 0.05, "value": 0.0123, "outcome": "pass", "message": "retention within 5 %"},
     ],
     "fail": [
         {"rule": "min_domain_improvement", "suite": "pydoc_domain", "comparison": ">=",
-         "threshold": 0.02, "value": 0.137, "outcome": "pass", "message": "domain loss fell 13.7 %"},
+         "threshold": 0.02, "value": 0.137, "outcome": "pass", "message": "domain -13.7 %"},
         {"rule": "max_retention_increase", "suite": "lambada", "comparison": "<=",
          "threshold": 0.05, "value": 0.0812, "outcome": "fail",
          "message": "retention loss rose by 8.1 %"},
@@ -94,7 +94,8 @@ NO_REASON = gate.Override(actor="alice", reason="  ", allowed_by_spec=True)
          r"^evaluation rule 'max_retention_increase' on suite 'lambada': measured 0\.0812, "
          r"required <= 0\.05 \(retention loss rose by 8\.1 %\)$"),
         ("fail", "fail", True, None, False, False,
-         r"^evaluation rule 'max_retention_increase'.*\ndataset quality rule 'document_count' fail"),
+         r"^evaluation rule 'max_retention_increase'.*\n"
+         r"dataset quality rule 'document_count' fail"),
         ("fail", "warn", True, OK_OVERRIDE, True, True,
          r"^evaluation rule 'max_retention_increase' on suite 'lambada': measured 0\.0812"),
         ("fail", "pass", False, NOT_ALLOWED, False, False,

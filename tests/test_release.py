@@ -31,8 +31,9 @@ def tiny_png(path: Path, shade: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + \
             struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     raw = b"".join(b"\x00" + bytes([shade, shade]) for _ in range(2))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
     return path
 
 
@@ -202,7 +203,8 @@ def test_a_passing_run_is_released_with_a_valid_manifest_and_report(run: Run) ->
     manifest = json.loads((folder / "release_manifest.json").read_text())
     schemas.check(manifest, "release_manifest", "release_manifest.json")
     adapter = run.train / "rwkv-1.pth"
-    assert manifest["adapter"]["sha256"] == sha256_file(adapter) == sha256_file(folder / "adapter.pth")
+    released = folder / "adapter.pth"
+    assert manifest["adapter"]["sha256"] == sha256_file(adapter) == sha256_file(released)
     assert manifest["base_model"]["sha256"] == sha256_file(run.base)
     assert manifest["dataset"]["name"] == "pydoc-docs" and manifest["dataset"]["version"] == "v1"
     assert manifest["spec"]["sha256"] == sha256_file(run.spec)

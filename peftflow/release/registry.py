@@ -167,7 +167,8 @@ def record_block(decision: Any, profile: str, dag_id: str, run_id: str, *,
     return record
 
 
-def list_blocked(profile: str | None = None, root: str | Path | None = None) -> list[dict[str, Any]]:
+def list_blocked(profile: str | None = None,
+                 root: str | Path | None = None) -> list[dict[str, Any]]:
     """Blocked records, oldest first (unreadable lines are skipped)."""
     base = root_dir(root)
     files = [profile_dir(profile, root) / BLOCKED] if profile else sorted(base.glob(f"*/{BLOCKED}"))
