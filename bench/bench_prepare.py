@@ -6,8 +6,8 @@ documentation paragraphs, every pair distinct, shuffled), registers it, then run
   - the reference path at that size: per line json.loads, TRIE_TOKENIZER.encode, + EOD,
     one numpy array per document written to .bin, sizes kept in a list, then the .idx.
 Each run is a child process; its wall time, throughput and peak memory (peak summed RSS of
-its process tree, sampled from /proc every 20 ms, and the largest single process's
-ru_maxrss) are printed, and the two outputs are compared byte for byte.
+its process tree, sampled from /proc every 50 ms, and the largest single process's
+ru_maxrss), CPU time and MB per CPU-second are printed, and the two outputs are compared byte for byte.
 
     .venv/bin/python bench/bench_prepare.py [--mb 50] [--workers N] [--keep DIR]
 """
@@ -113,28 +113,31 @@ def compare_tokenizers(jsonl: Path, megabytes: float = 5.0) -> None:
               f"identical to TRIE_TOKENIZER on 200 documents: {same}")
 
 
-def _tree_rss(pid: int) -> int:
-    """Summed RSS (bytes) of a process and all its descendants."""
+def _tree_pss(pid: int) -> int:
+    """Summed proportional set size (bytes) of a process and its descendants: shared pages
+    (the tokenizer that forked workers share with the parent) are counted once overall."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
+            with open(f"/proc/{p}/smaps_rollup") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1]) * 1024
+                        break
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as children:
                     todo.extend(int(c) for c in children.read().split())
-        except (FileNotFoundError, ProcessLookupError, ValueError):
+        except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
             continue
     return total
 
 
 def measured(argv: list[str]) -> dict[str, float]:
-    """Run argv in a fresh wrapper process; wall time, peak tree RSS and largest ru_maxrss."""
+    """Run argv in a fresh wrapper process: wall time, CPU time, peak tree PSS, ru_maxrss."""
     wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:]).returncode;"
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r)")
+               "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+               "print(u.ru_maxrss,u.ru_utime+u.ru_stime);sys.exit(r)")
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", wrapper, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
@@ -142,8 +145,8 @@ def measured(argv: list[str]) -> dict[str, float]:
 
     def poll() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
-            time.sleep(0.02)
+            peak[0] = max(peak[0], _tree_pss(proc.pid))
+            time.sleep(0.05)
 
     sampler = threading.Thread(target=poll)
     sampler.start()
@@ -152,8 +155,16 @@ def measured(argv: list[str]) -> dict[str, float]:
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{argv[:3]}... exited {proc.returncode}")
-    lines = out.decode().split()
-    return {"wall_s": wall, "tree_rss_mb": peak[0] / 2**20, "max_proc_rss_mb": int(lines[-1]) / 1024}
+    maxrss, cpu = out.decode().split()[-2:]
+    return {"wall_s": wall, "cpu_s": float(cpu), "tree_pss_mb": peak[0] / 2**20,
+            "max_proc_rss_mb": int(maxrss) / 1024}
+
+
+def _line(label: str, run: dict[str, float]) -> str:
+    return (f"{label:9s} {run['mb']:6.1f} MB {int(run['docs']):6d} docs  {run['wall_s']:6.2f} s "
+            f"{run['mb_s']:6.2f} MB/s  CPU {run['cpu_s']:6.2f} s ({run['mb'] / run['cpu_s']:5.2f} "
+            f"MB per CPU-s)  peak PSS {run['tree_pss_mb']:5.0f} MB  largest RSS "
+            f"{run['max_proc_rss_mb']:4.0f} MB")
 
 
 def _sha(path: str) -> str:
@@ -182,7 +193,11 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     for label, mb in (("stage", args.mb), ("stage_2x", 2 * args.mb)):
         jsonl = folder / f"bench_{mb:g}mb.jsonl"
-        docs = build_jsonl(jsonl, mb)
+        if jsonl.exists():  # --keep folder from an earlier run: the build is deterministic
+            with open(jsonl, "rb") as handle:
+                docs = sum(1 for _ in handle)
+        else:
+            docs = build_jsonl(jsonl, mb)
         size = jsonl.stat().st_size
         manifest, _ = register_dataset(jsonl, "bench", f"{mb:g}mb")
         out = folder / f"out_{label}"
@@ -191,9 +206,7 @@ def main() -> int:
                         "--workers", str(args.workers)])
         run.update(mb=size / 1e6, docs=docs, mb_s=size / 1e6 / run["wall_s"])
         results[label] = run
-        print(f"{label:9s} {size / 1e6:7.1f} MB {docs:7d} docs  {run['wall_s']:7.2f} s  "
-              f"{run['mb_s']:6.2f} MB/s  peak tree RSS {run['tree_rss_mb']:6.1f} MB  "
-              f"largest process {run['max_proc_rss_mb']:6.1f} MB", flush=True)
+        print(_line(label, run), flush=True)
         if label == "stage" and args.compare_tokenizers:
             compare_tokenizers(jsonl)
         if label == "stage" and not args.skip_reference:
@@ -201,19 +214,22 @@ def main() -> int:
             ref = measured([sys.executable, __file__, "--reference", str(jsonl), str(prefix)])
             ref.update(mb=size / 1e6, docs=docs, mb_s=size / 1e6 / ref["wall_s"])
             results["reference"] = ref
-            print(f"reference {size / 1e6:7.1f} MB {docs:7d} docs  {ref['wall_s']:7.2f} s  "
-                  f"{ref['mb_s']:6.2f} MB/s  peak tree RSS {ref['tree_rss_mb']:6.1f} MB  "
-                  f"largest process {ref['max_proc_rss_mb']:6.1f} MB", flush=True)
+            print(_line("reference", ref), flush=True)
             same = all(_sha(f"{prefix}{s}") == _sha(f"{out}/train_text_document{s}")
                        for s in (".bin", ".idx"))
             print(f"outputs byte-identical to the reference: {same}")
             if not same:
                 return 1
+    one, two = results["stage"], results["stage_2x"]
+    marginal = (two["mb"] - one["mb"]) / max(two["wall_s"] - one["wall_s"], 1e-9)
+    print(f"stage marginal rate (extra {two['mb'] - one['mb']:.0f} MB / extra time): "
+          f"{marginal:.1f} MB/s")
     if "reference" in results:
-        ratio = results["stage"]["mb_s"] / results["reference"]["mb_s"]
-        print(f"ratio stage/reference: {ratio:.1f}x (target >= 10x)")
-    print(f"peak tree RSS {results['stage']['tree_rss_mb']:.1f} MB at {args.mb:g} MB vs "
-          f"{results['stage_2x']['tree_rss_mb']:.1f} MB at {2 * args.mb:g} MB of input")
+        ref = results["reference"]
+        print(f"ratio stage/reference: {one['mb_s'] / ref['mb_s']:.1f}x wall-clock throughput "
+              f"(target >= 10x); {ref['cpu_s'] / one['cpu_s']:.1f}x less CPU time")
+    print(f"stage peak PSS {one['tree_pss_mb']:.0f} MB at {one['mb']:.0f} MB vs "
+          f"{two['tree_pss_mb']:.0f} MB at {two['mb']:.0f} MB of input")
     print(json.dumps(results, indent=1))
     return 0
 

@@ -130,13 +130,16 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
         flat.append(tokenizer.EOD)
         sizes.append(len(ids) + 1)
         numbers.append(number)
-        if ctx_len is not None and len(ids) > ctx_len:
-            over_ctx.add(number, f"{len(ids)} tokens", keep)
+    size_array = np.array(sizes, dtype=np.int32)
+    if ctx_len is not None:  # text tokens = size - 1 (the EOD)
+        longer = np.flatnonzero(size_array > ctx_len + 1)
+        over_ctx.count = int(longer.size)
+        over_ctx.examples = [(numbers[i], f"{sizes[i] - 1} tokens") for i in longer[:keep]]
     return ChunkResult(
         records=len(lines),
         nbytes=len(chunk.data),
         tokens=np.array(flat, dtype=np.uint16),
-        sizes=np.array(sizes, dtype=np.int32),
+        sizes=size_array,
         lines=np.array(numbers, dtype=np.uint64),
         digests=np.frombuffer(bytes(digests), dtype="<u8").reshape(-1, 2),
         invalid=invalid,
