@@ -128,3 +128,11 @@ def dag_config(spec: Spec) -> dict[str, Any]:
             "tasks": tasks,
         }
     }
+
+
+def render_yaml(config: dict[str, Any]) -> str:
+    """The config as YAML (libyaml when available): what `peftflow render` prints."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return str(yaml.dump(config, Dumper=dumper, sort_keys=False, allow_unicode=True, width=100))

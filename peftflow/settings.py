@@ -7,6 +7,7 @@ uncached on purpose, so tests and subprocesses that change the environment see t
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,17 @@ def _path(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+_ENV_KEYS = ("PEFTFLOW_", "AIRFLOW_HOME")
+
+
 def get() -> Settings:
+    """Current settings; recomputed only when a PEFTFLOW_* variable or AIRFLOW_HOME changes."""
+    snapshot = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_KEYS)))
+    return _compute(snapshot)
+
+
+@functools.lru_cache(maxsize=8)
+def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
     root = _path("PEFTFLOW_PROJECT_ROOT", PROJECT_ROOT)
     artifact_root = _path("PEFTFLOW_ARTIFACT_ROOT", root / "artifacts")
     extra = tuple(

@@ -31,16 +31,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if result.errors or missing else 0
 
 
-def _yaml(data: Any) -> str:
-    import yaml
-
-    return str(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100))
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     spec = validate.load_spec(Path(args.spec))
     config = expand.dag_config(spec)
-    print(json.dumps(config, indent=2) if args.json else _yaml(config), end="")
+    print(json.dumps(config, indent=2) if args.json else expand.render_yaml(config), end="")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import zoneinfo
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from peftflow import orchestration, profile, schemas, settings, spec, yamlmarks
 from peftflow.errors import PeftflowError, Problem, SpecError
 from peftflow.hashing import sha256_bytes
+from peftflow.speccache import SpecCache
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -58,6 +59,7 @@ class _Checker:
         self.marked, self.file, self.ctx = marked, file, ctx
         self.data: dict[str, Any] = marked.data
         self.problems: list[Problem] = []
+        self.deps: set[Path] = set()  # files whose change can change the verdict
 
     def add(self, path: str, message: str) -> None:
         line, col = self.marked.locate(path)
@@ -65,6 +67,7 @@ class _Checker:
 
     def ref(self, path: str, value: str, what: str, fix: str) -> Path | None:
         resolved = resolve_ref(value)
+        self.deps.add(resolved)
         if not inside_allowed_roots(resolved):
             roots = ", ".join(str(r) for r in settings.get().allowed_roots)
             self.add(path, f"{value!r} resolves to {resolved}, outside the allowed roots "
@@ -246,14 +249,24 @@ def _active_profile() -> orchestration.OrchestrationProfile | None:
         return None
 
 
-def load_spec(path: Path, ctx: _Context | None = None) -> spec.Spec:
-    """Validate one spec file and return it typed; raise SpecError with every problem."""
+def load_spec(path: Path, ctx: _Context | None = None,
+              cache: SpecCache | None = None) -> spec.Spec:
+    """Validate one spec file and return it typed; raise SpecError with every problem.
+
+    With a cache, a spec whose bytes and referenced files are unchanged since it last
+    validated is not validated again (the dag-processor re-parses every 30-60 s).
+    """
     ctx = ctx or _Context(active=_active_profile())
     shown = display_path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecError([Problem(shown, 1, 1, "$", "file not found")]) from None
+    digest = sha256_bytes(raw)
+    if cache is not None:
+        data = cache.get(path, digest)
+        if data is not None:
+            return spec.from_data(data, path.resolve(), digest)
     marked = yamlmarks.load_file(str(path), shown)
     if not isinstance(marked.data, dict):
         kind = type(marked.data).__name__
@@ -264,7 +277,9 @@ def load_spec(path: Path, ctx: _Context | None = None) -> spec.Spec:
     checker.run()
     if checker.problems:
         raise SpecError(checker.problems)
-    return spec.from_data(marked.data, path.resolve(), sha256_bytes(raw))
+    if cache is not None:
+        cache.put(path, digest, checker.deps, marked.data)
+    return spec.from_data(marked.data, path.resolve(), digest)
 
 
 def spec_files(paths: Iterable[Path]) -> list[Path]:
@@ -288,8 +303,7 @@ class Result:
         return [p for err in self.errors.values() for p in err.problems]
 
 
-def validate_paths(paths: Iterable[Path],
-                   loader: Callable[[Path, _Context], spec.Spec] = load_spec) -> Result:
+def validate_paths(paths: Iterable[Path], cache: SpecCache | None = None) -> Result:
     """Validate every spec under `paths`; dag ids must be unique across all of them."""
     ctx = _Context(active=_active_profile())
     specs: list[spec.Spec] = []
@@ -297,7 +311,7 @@ def validate_paths(paths: Iterable[Path],
     seen: dict[str, spec.Spec] = {}
     for file in spec_files(paths):
         try:
-            loaded = loader(file, ctx)
+            loaded = load_spec(file, ctx, cache)
         except SpecError as exc:
             errors[file] = exc
             continue
@@ -312,4 +326,6 @@ def validate_paths(paths: Iterable[Path],
             continue
         seen[loaded.dag_id] = loaded
         specs.append(loaded)
+    if cache is not None:
+        cache.save()
     return Result(specs, errors)

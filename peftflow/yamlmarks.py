@@ -15,6 +15,8 @@ import yaml
 
 from peftflow.errors import Problem, SpecError
 
+# libyaml's parser when PyYAML was built with it: about 10x faster, same nodes and marks.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -85,7 +87,7 @@ class _Builder:
 def load(text: str, file: str) -> Marked:
     """Parse one YAML document; raise SpecError with a located message on any problem."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
