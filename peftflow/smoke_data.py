@@ -40,9 +40,13 @@ def split_topics() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
 
     train: list[dict[str, str]] = []
     held_out: list[dict[str, str]] = []
+    seen: set[str] = set()  # topics repeat paragraphs; a duplicate would leak across splits
     for index, name in enumerate(sorted(topics)):
         target = held_out if index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else train
-        target.extend({"text": doc, "topic": name} for doc in _documents(topics[name]))
+        for doc in _documents(topics[name]):
+            if doc not in seen:
+                seen.add(doc)
+                target.append({"text": doc, "topic": name})
     return train, held_out
 
 
