@@ -1,15 +1,14 @@
-"""JSONL -> binidx in parallel: read chunks in order, scan them in worker processes, write.
+"""JSONL -> binidx in parallel: cut the file into spans, scan them in worker processes, write.
 
-The parent reads the file once (hashing it on the way), keeps at most 2 chunks per worker
-in flight (bounded memory), and appends each result in file order to temporary `.bin`,
-size and duplicate spools. Nothing is published here: `Staged` holds the temp files until
-the caller knows the verdict.
+The parent only plans spans of whole lines; each worker reads its own span. At most 2 spans
+per worker are in flight (bounded memory), and results are appended in file order to
+temporary `.bin`, size and duplicate spools. Nothing is published here: `Staged` holds the
+temp files until the caller knows the verdict.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import multiprocessing
 import os
@@ -29,8 +28,8 @@ from peftflow.dataset import tokenizer
 from peftflow.dataset.binidx import BinIdxWriter
 from peftflow.dataset.dedup import DuplicateSpool
 from peftflow.dataset.quality import Measurements
-from peftflow.dataset.reader import CHUNK_BYTES, RECORD_RULES, Chunk, ChunkResult, Hits
-from peftflow.dataset.reader import read_chunks, scan_chunk
+from peftflow.dataset.reader import CHUNK_BYTES, RECORD_RULES, ChunkResult, Hits, Span
+from peftflow.dataset.reader import plan_spans, scan_span
 from peftflow.errors import IntegrityError, ResourceError
 from peftflow.stages.common import Progress, eta
 
@@ -126,18 +125,18 @@ def _start_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _scanned(chunks: Iterator[Chunk], opts: Options, workers: int) -> Iterator[ChunkResult]:
-    """Scan results in file order, with at most 2 chunks per worker in flight."""
+def _scanned(spans: Iterator[Span], opts: Options, workers: int) -> Iterator[ChunkResult]:
+    """Scan results in file order, with at most 2 spans per worker in flight."""
     args = (opts.text_field, opts.ctx_len, opts.max_offenders)
     if workers <= 1:
-        for chunk in chunks:
-            yield scan_chunk(chunk, *args)
+        for span in spans:
+            yield scan_span(span, *args)
         return
     with _start_pool(workers) as pool:
         pending: deque[Future[ChunkResult]] = deque()
         try:
-            for chunk in chunks:
-                pending.append(pool.submit(scan_chunk, chunk, *args))
+            for span in spans:
+                pending.append(pool.submit(scan_span, span, *args))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
@@ -154,12 +153,20 @@ def effective_workers(requested: int, size: int, chunk_bytes: int) -> int:
     return max(1, min(requested, math.ceil(size / chunk_bytes) // 2))
 
 
-def run(data_path: Path, expected_sha256: str, bin_out: BinaryIO, idx_out: BinaryIO,
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def run(data_path: Path, data_sha256: str, bin_out: BinaryIO, idx_out: BinaryIO,
         opts: Options) -> Result:
-    """Scan and tokenise the file, writing `.bin` and `.idx` to the given (temp) handles."""
-    size = data_path.stat().st_size
+    """Scan and tokenise a (verified) file, writing `.bin` and `.idx` to the given handles.
+
+    The caller has just checked the file's sha256; a change of its size, mtime or inode
+    during the run is an IntegrityError (re-hashing would cost a second full read)."""
+    before = _identity(data_path)
+    size = before[2]
     workers = effective_workers(opts.workers, size, opts.chunk_bytes)
-    hasher = hashlib.sha256()
     invalid = {rule: Hits() for rule in RECORD_RULES}
     over_ctx = Hits()
     records = done = 0
@@ -169,26 +176,26 @@ def run(data_path: Path, expected_sha256: str, bin_out: BinaryIO, idx_out: Binar
     with tempfile.TemporaryFile(dir=folder) as sizes, tempfile.TemporaryFile(dir=folder) as hashes:
         writer = BinIdxWriter(bin_out, sizes)
         spool = DuplicateSpool(hashes)
-        with open(data_path, "rb") as handle:
-            chunks = read_chunks(handle, opts.chunk_bytes, on_read=hasher.update)
-            for res in _scanned(chunks, opts, workers):
-                writer.add(res.tokens, res.sizes)
-                spool.add(res.digests, res.lines)
-                for rule, hits in res.invalid.items():
-                    invalid[rule].merge(hits, opts.max_offenders)
-                over_ctx.merge(res.over_ctx, opts.max_offenders)
-                records += res.records
-                done += res.nbytes
-                if res.sizes.size:
-                    shortest = min(shortest, int(res.sizes.min()) - 1)
-                    longest = max(longest, int(res.sizes.max()) - 1)
-                    total += int(res.sizes.sum()) - int(res.sizes.size)
-                progress.maybe(lambda s, d=writer.documents, b=done: (
-                    f"{d} documents, {b / 1e6:.1f}/{size / 1e6:.1f} MB, "
-                    f"{b / 1e6 / max(s, 1e-9):.1f} MB/s, ETA {eta(b, size, s)}"))
-        if hasher.hexdigest() != expected_sha256:
-            raise IntegrityError(f"{data_path}: changed while it was being read (sha256 now "
-                                 f"{hasher.hexdigest()[:12]}...); rerun once the file is stable")
+        spans = plan_spans(str(data_path), size, opts.chunk_bytes)
+        for res in _scanned(spans, opts, workers):
+            res.shift(records)
+            writer.add(res.tokens, res.sizes)
+            spool.add(res.digests, res.lines)
+            for rule, hits in res.invalid.items():
+                invalid[rule].merge(hits, opts.max_offenders)
+            over_ctx.merge(res.over_ctx, opts.max_offenders)
+            records += res.records
+            done += res.nbytes
+            if res.sizes.size:
+                shortest = min(shortest, int(res.sizes.min()) - 1)
+                longest = max(longest, int(res.sizes.max()) - 1)
+                total += int(res.sizes.sum()) - int(res.sizes.size)
+            progress.maybe(lambda s, d=writer.documents, b=done: (
+                f"{d} documents, {b / 1e6:.1f}/{size / 1e6:.1f} MB, "
+                f"{b / 1e6 / max(s, 1e-9):.1f} MB/s, ETA {eta(b, size, s)}"))
+        if _identity(data_path) != before or done != size:
+            raise IntegrityError(f"{data_path}: changed while it was being read; rerun once "
+                                 "the file is stable")
         duplicates = spool.find(opts.max_offenders)
         writer.finish(idx_out)
     seconds = progress.elapsed()
@@ -200,4 +207,4 @@ def run(data_path: Path, expected_sha256: str, bin_out: BinaryIO, idx_out: Binar
         duplicates=duplicates, length_min=int(shortest) if docs else 0, length_max=longest,
         length_mean=total / docs if docs else 0.0, over_ctx=over_ctx,
     )
-    return Result(measurements, hasher.hexdigest(), size, seconds, workers)
+    return Result(measurements, data_sha256, size, seconds, workers)

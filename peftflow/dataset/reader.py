@@ -1,7 +1,8 @@
-"""Streaming a JSONL file in chunks of whole lines, and checking + tokenising one chunk.
+"""Cutting a JSONL file into spans of whole lines, and checking + tokenising one span.
 
-`scan_chunk` runs in worker processes: it validates every line against the record rules,
-tokenises the valid texts and returns compact numpy arrays, so the parent only writes bytes.
+`scan_span` runs in worker processes: it reads its byte range, validates every line against
+the record rules, tokenises the valid texts and returns compact numpy arrays, so the parent
+only plans spans and writes results.
 Valid lines take a fast path (msgspec decodes only the text field); any line that fails it is
 re-read by `classify`, which names the exact problem.
 """
@@ -11,24 +12,27 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from itertools import chain
+from typing import Any
 
 import msgspec
 import numpy as np
 
 from peftflow.dataset import tokenizer
+from peftflow.errors import IntegrityError
 
 # The record rules; a line breaking one of them is an invalid record (first failing rule wins).
 RECORD_RULES = ("json_object", "text_field", "utf8", "nul_bytes")
 CHUNK_BYTES = 1 << 20
+_PROBE = 1 << 16
 
 
 @dataclass(frozen=True)
 class Chunk:
     data: bytes  # whole lines; ends with b"\n" unless it is the file's unterminated last line
-    first_line: int  # 1-based number of its first line
+    first_line: int = 1  # number of its first line (workers count from 1; the parent shifts)
     unterminated: bool = False  # the file ends inside this chunk without a newline
 
     @property
@@ -36,28 +40,47 @@ class Chunk:
         return self.data.count(b"\n") + (1 if self.unterminated else 0)
 
 
-def read_chunks(
-    handle: BinaryIO, size: int = CHUNK_BYTES, on_read: Callable[[bytes], Any] | None = None
-) -> Iterator[Chunk]:
-    """Split a binary stream into chunks of about `size` bytes that end on a line boundary."""
-    line = 1
-    pending = b""
-    while True:
-        block = handle.read(size)
-        if on_read is not None and block:
-            on_read(block)
-        if not block:
-            if pending:
-                yield Chunk(pending, line, unterminated=True)
-            return
-        pending += block
-        cut = pending.rfind(b"\n")
-        if cut < 0:
-            continue  # a line longer than `size`: keep reading until it ends
-        chunk = Chunk(pending[: cut + 1], line)
-        pending = pending[cut + 1 :]
-        line += chunk.records
-        yield chunk
+@dataclass(frozen=True)
+class Span:
+    """A byte range of whole lines; workers read it themselves, so the parent never
+    copies the data through a pipe."""
+
+    path: str
+    offset: int
+    length: int
+    unterminated: bool  # the file ends inside this span without a newline
+
+    def load(self) -> Chunk:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(self.length)
+        if len(data) != self.length:
+            raise IntegrityError(f"{self.path}: shorter than expected while reading; it "
+                                 "changed during the run. Rerun once the file is stable")
+        return Chunk(data, 1, self.unterminated)
+
+
+def plan_spans(path: str, size: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Span]:
+    """Cut a file into spans of about `chunk_bytes` that end on a line boundary."""
+    with open(path, "rb") as handle:
+        if size:
+            handle.seek(size - 1)
+        ends_with_newline = handle.read(1) == b"\n"
+        offset = 0
+        while offset < size:
+            end = min(offset + chunk_bytes, size)
+            handle.seek(end)
+            while end < size:  # extend to the next newline (a line may be longer than a chunk)
+                block = handle.read(_PROBE)
+                cut = block.find(b"\n")
+                if cut >= 0:
+                    end += cut + 1
+                    break
+                end += len(block)
+                if not block:
+                    end = size
+            yield Span(path, offset, end - offset, end == size and not ends_with_newline)
+            offset = end
 
 
 @dataclass
@@ -88,6 +111,14 @@ class ChunkResult:
     invalid: dict[str, Hits]
     over_ctx: Hits
 
+    def shift(self, lines_before: int) -> None:
+        """Turn the chunk's line numbers (from 1) into the file's."""
+        if not lines_before:
+            return
+        self.lines += np.uint64(lines_before)
+        for hits in (*self.invalid.values(), self.over_ctx):
+            hits.examples = [(n + lines_before, d) for n, d in hits.examples]
+
 
 @functools.lru_cache(maxsize=8)
 def _decoder(text_field: str) -> msgspec.json.Decoder[Any]:
@@ -97,8 +128,13 @@ def _decoder(text_field: str) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(record)
 
 
+def scan_span(span: Span, text_field: str, ctx_len: int | None, keep: int) -> ChunkResult:
+    """Read and scan one span (runs in a worker process); line numbers count from 1."""
+    return scan_chunk(span.load(), text_field, ctx_len, keep)
+
+
 def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) -> ChunkResult:
-    """Validate and tokenise every line of a chunk (runs in a worker process)."""
+    """Validate and tokenise every line of a chunk."""
     decode = _decoder(text_field).decode
     encode = tokenizer.fast().encode
     blake2b = hashlib.blake2b
@@ -107,7 +143,7 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
         lines.pop()  # the empty piece after the final newline
     invalid = {rule: Hits() for rule in RECORD_RULES}
     over_ctx = Hits()
-    flat: list[int] = []
+    documents: list[list[int]] = []
     sizes: list[int] = []
     numbers: list[int] = []
     digests = bytearray()
@@ -126,9 +162,9 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
         assert text is not None
         digests += blake2b(text.encode("utf-8"), digest_size=16).digest()
         ids = encode(text)
-        flat.extend(ids)
-        flat.append(tokenizer.EOD)
-        sizes.append(len(ids) + 1)
+        ids.append(tokenizer.EOD)
+        documents.append(ids)
+        sizes.append(len(ids))
         numbers.append(number)
     size_array = np.array(sizes, dtype=np.int32)
     if ctx_len is not None:  # text tokens = size - 1 (the EOD)
@@ -138,7 +174,8 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
     return ChunkResult(
         records=len(lines),
         nbytes=len(chunk.data),
-        tokens=np.array(flat, dtype=np.uint16),
+        tokens=np.fromiter(chain.from_iterable(documents), dtype=np.uint16,
+                           count=int(size_array.sum())),
         sizes=size_array,
         lines=np.array(numbers, dtype=np.uint64),
         digests=np.frombuffer(bytes(digests), dtype="<u8").reshape(-1, 2),
