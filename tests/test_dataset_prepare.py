@@ -38,6 +38,13 @@ def _snapshot(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), path.stat().st_mtime_ns
 
 
+def _rule_outcomes(quality: dict[str, object]) -> dict[str, str]:
+    """Outcomes of the rules that did not pass."""
+    rules = quality["rules"]
+    assert isinstance(rules, list)
+    return {r["rule"]: r["outcome"] for r in rules if r["outcome"] != "pass"}
+
+
 def _run(manifest: Path, out: Path, *args: str) -> int:
     return common.run(prepare.main, ["--manifest", str(manifest), "--out", str(out), *args])
 
@@ -78,16 +85,19 @@ def test_status_lists_bin_idx_quality_and_the_data_prefix(tmp_path: Path) -> Non
 
 def test_shell_entry_point_prepares_the_smoke_dataset(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    manifest = ROOT / "data/smoke/pydoc-docs/v1/train.manifest.json"
+    records = load_manifest(manifest).files[0].records
     result = subprocess.run(
-        [str(SCRIPT), "--manifest", str(ROOT / "data/smoke/pydoc-docs/v1/train.manifest.json"),
-         "--out", str(out), "--profile", str(ROOT / "configs/profiles/smoke_cpu.yaml"),
-         "--max-duplicate-fraction", "0.1"], capture_output=True, text=True, check=False)
+        [str(SCRIPT), "--manifest", str(manifest), "--out", str(out),
+         "--profile", str(ROOT / "configs/profiles/smoke_cpu.yaml")],
+        capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out / "train_text_document")
-    assert "[prepare_dataset] 506 documents" in result.stderr
+    assert f"[prepare_dataset] {records} documents" in result.stderr
     quality = json.loads((out / "quality.json").read_text())
-    assert quality["verdict"] == "warn" and quality["documents"] == 506  # long docs vs ctx 128
-    assert len(list(binidx.read_documents(out / "train_text_document"))) == 506
+    assert quality["verdict"] == "warn" and quality["documents"] == records  # long vs ctx 128
+    assert _rule_outcomes(quality) == {"doc_length_tokens": "warn"}
+    assert len(list(binidx.read_documents(out / "train_text_document"))) == records
 
 
 def test_shell_entry_point_hash_mismatch_exits_5_and_writes_nothing(tmp_path: Path) -> None:
