@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -69,10 +70,10 @@ class DuplicateSpool:
         return paths
 
 
-def _duplicates_in(buckets: object, keep: int) -> Duplicates:
+def _duplicates_in(buckets: Iterable[np.ndarray], keep: int) -> Duplicates:
     count = 0
     examples: list[tuple[int, int]] = []
-    for records in buckets:  # type: ignore[attr-defined]
+    for records in buckets:
         if records.size < 2:
             continue
         ordered = records[np.lexsort((records["line"], records["h1"], records["h0"]))]

@@ -33,14 +33,14 @@ PREFIX = "train_text_document"  # json2binidx's naming: <prefix>.bin / <prefix>.
 QUALITY_FILE = "quality.json"
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
     return value
 
 
-def _count(text: str) -> int:
+def count(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
@@ -58,18 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder of this stage")
     p.add_argument("--profile", help="training profile YAML: enables the ctx_len and "
                    "document-count checks (skipped without it)")
-    p.add_argument("--max-invalid-records", type=_count, default=0,
+    p.add_argument("--max-invalid-records", type=count, default=0,
                    help="invalid records tolerated, then left out of the binidx (default 0)")
-    p.add_argument("--max-duplicate-fraction", type=_fraction, default=0.05,
+    p.add_argument("--max-duplicate-fraction", type=fraction, default=0.05,
                    help="largest fraction of exact-duplicate documents (default 0.05)")
-    p.add_argument("--max-over-ctx-fraction", type=_fraction, default=0.5,
+    p.add_argument("--max-over-ctx-fraction", type=fraction, default=0.5,
                    help="fraction of documents longer than ctx_len above which it warns "
                    "(default 0.5)")
     p.add_argument("--allow-warn", action=argparse.BooleanOptionalAction, default=True,
                    help="whether a warn verdict still succeeds (default yes)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="tokeniser processes (default: the usable CPU cores)")
-    p.add_argument("--max-offenders", type=_count, default=10,
+    p.add_argument("--max-offenders", type=count, default=10,
                    help="offending line numbers listed per rule (default 10)")
     return p
 
