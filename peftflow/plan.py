@@ -50,13 +50,13 @@ class StagePlan:
 def code_version(stage: Stage) -> str:
     root = settings.get().project_root
     digest = hashlib.sha256(__version__.encode())
-    paths = [root / "scripts" / SCRIPTS[stage], root / "peftflow/stages/common.py"]
+    paths = [settings.get().scripts_dir / SCRIPTS[stage], root / "peftflow/stages/common.py"]
     for rel in STAGE_CODE[stage]:
         target = root / rel
         paths.extend(sorted(target.rglob("*.py")) if target.is_dir() else [target])
     for path in paths:
         if path.is_file():
-            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.name.encode())
             digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
@@ -110,8 +110,7 @@ def _base_model(prof: profile.Profile) -> FileRef:
 def build(stage: Stage, spec: Spec, run: RunInfo, upstream: dict[Stage, dict[str, Any]],
           extra: dict[str, Any] | None = None) -> StagePlan:
     """The plan of `stage` in this run; raises ConfigError/IntegrityError on bad inputs."""
-    root = settings.get().project_root
-    script = str(root / "scripts" / SCRIPTS[stage])
+    script = str(settings.get().scripts_dir / SCRIPTS[stage])
     out = run.stage_dir(stage.value)
     prof_rel = effective_profile_path(spec, run)
     prof_path = validate.resolve_ref(prof_rel)

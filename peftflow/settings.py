@@ -31,9 +31,8 @@ class Settings:
     api_host: str  # the api-server listens here; loopback unless told otherwise
     api_port: int
     parallelism: int  # LocalExecutor worker processes
+    scripts_dir: Path  # the stage entry points scripts/<stage>.sh
 
-    def scripts_dir(self) -> Path:
-        return self.project_root / "scripts"
 
 
 def _path(name: str, default: Path) -> Path:
@@ -77,6 +76,7 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
         ),
         airflow_home=_path("AIRFLOW_HOME", _path("PEFTFLOW_AIRFLOW_HOME", root / "airflow_home")),
         db_url=os.environ.get("PEFTFLOW_DB_URL") or None,
+        scripts_dir=_path("PEFTFLOW_SCRIPTS_DIR", root / "scripts"),
         api_host=os.environ.get("PEFTFLOW_API_HOST", "127.0.0.1"),
         api_port=int(os.environ.get("PEFTFLOW_API_PORT", "8080")),
         parallelism=int(os.environ.get("PEFTFLOW_PARALLELISM",
