@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import signal
 import tempfile
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor

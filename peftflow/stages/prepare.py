@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not allowed:
             staged.discard()
             atomic.write_json(out_dir / QUALITY_FILE, doc)
-            summary = _failure_summary(manifest, report, th)
+            summary = _failure_summary(manifest, report)
             rec.write("failed", summary, int(DataError.exit_code))
             raise DataError(summary)
         staged.publish()
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _failure_summary(manifest: Manifest, report: Report, th: Thresholds) -> str:
+def _failure_summary(manifest: Manifest, report: Report) -> str:
     head = (f"{manifest.label} failed the dataset quality rules"
             if report.verdict == Outcome.FAIL
             else f"{manifest.label} has quality warnings and --no-allow-warn was given")
