@@ -51,6 +51,8 @@ def read_metrics(path: Path) -> dict[str, Any]:
 
 def evaluate(req: Request, rec: status.StageRecorder) -> dict[str, Any]:
     """Run the evaluation; returns the verdict document. Raises before scoring on bad inputs."""
+    if not req.profile.is_file():
+        raise MissingInputError(f"{req.profile}: profile not found (--profile)")
     prof = profile_mod.load(req.profile)
     rec.add_input("profile", req.profile)
     loaded = suites.load_all(req.suites)
