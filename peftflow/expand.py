@@ -60,7 +60,7 @@ def _schedule(spec: Spec) -> Any:
         return [dataset_asset_uri(spec.dataset_name)]
     if not spec.schedule.enabled:
         return "none"
-    return {"__type__": "airflow.sdk.CronTriggerTimetable", "cron": spec.schedule.cron,
+    return {"__type__": "airflow.sdk.CronTriggerTimetable", "__args__": [spec.schedule.cron],
             "timezone": spec.schedule.timezone}
 
 
