@@ -13,7 +13,7 @@ from peftflow.train import checkpoints, plots, resume
 
 
 def loss_window(steps: int) -> int:
-    """How many steps first_loss / final_loss average over."""
+    """How many of the last steps final_loss averages over."""
     return max(1, min(10, steps // 5))
 
 
@@ -50,7 +50,9 @@ def finalize(prof: Profile, out: Path, rec: status.StageRecorder, timing: dict[s
     epochs = [sum(losses[i:i + per_epoch]) / len(losses[i:i + per_epoch])
               for i in range(0, len(losses), per_epoch)] if per_epoch else []
     rec.metrics.update({
-        "first_loss": round(sum(losses[:window]) / window, 6) if losses else None,
+        # first_loss: the first step's loss, computed before any update (the base model on
+        # one batch); final_loss: the mean of the last `loss_window_steps` steps.
+        "first_loss": round(losses[0], 6) if losses else None,
         "final_loss": round(sum(losses[-window:]) / window, 6) if losses else None,
         "loss_window_steps": window,
         "epoch_losses": [round(v, 6) for v in epochs],
