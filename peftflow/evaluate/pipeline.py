@@ -49,8 +49,40 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return doc  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Everything checked and merged, before any model is scored."""
+
+    profile: profile_mod.Profile
+    suites: list[suites.Suite]
+    documents: list[suites.Documents]
+    baseline: dict[str, Any] | None
+    adapter: status.FileRef
+    base: status.FileRef
+    merged_path: Path  # the adapted model file the rwkv package loads
+    merge_summary: dict[str, Any]
+    notes: list[str]
+
+
 def evaluate(req: Request, rec: status.StageRecorder) -> dict[str, Any]:
     """Run the evaluation; returns the verdict document. Raises before scoring on bad inputs."""
+    prep = _prepare(req, rec)
+    meter = scoring.Throughput()
+    try:
+        threads = prep.profile.runtime.threads if req.threads is None else req.threads
+        base_scores = _score_all("base", Path(prep.base.path), prep, threads, meter)
+        adapted_scores = _score_all("adapted", prep.merged_path, prep, threads, meter)
+    finally:
+        if req.write_merged is None:
+            with contextlib.suppress(FileNotFoundError):
+                prep.merged_path.unlink()
+    comparisons = [scoring.compare(b, a, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+                   for b, a in zip(base_scores, adapted_scores)]
+    return _report(req, rec, prep, comparisons, meter)
+
+
+def _prepare(req: Request, rec: status.StageRecorder) -> Prepared:
+    """Check every input (cheap checks first), merge, write the adapted model's file."""
     if not req.profile.is_file():
         raise MissingInputError(f"{req.profile}: profile not found (--profile)")
     prof = profile_mod.load(req.profile)
@@ -86,31 +118,28 @@ def evaluate(req: Request, rec: status.StageRecorder) -> dict[str, Any]:
                      "scored against the full-precision base")
     encode = suites.encoder()
     documents = [suites.tokenize(s, encode) for s in loaded]
-
+    # The rwkv package loads models from .pth files only, so the merged weights go to a file:
+    # the release path when asked for, else a temp file in the output folder.
     merged_path = req.write_merged or req.out / f"{atomic.TMP_PREFIX}merged.pth"
     merge.write_merged(merged.state_dict, merged_path)
-    adapter_entry = {"path": adapter_ref.path, "sha256": adapter_ref.sha256,
-                     "method": merged.method.value, "scaling": merged.scaling,
-                     "merged_tensors": len(merged.merged), "replaced_tensors": len(merged.replaced)}
-    del base_sd, adapter_sd, init_sd, merged  # the models are loaded from files below
+    summary = {"path": adapter_ref.path, "sha256": adapter_ref.sha256,
+               "method": merged.method.value, "scaling": merged.scaling,
+               "merged_tensors": len(merged.merged), "replaced_tensors": len(merged.replaced)}
+    del base_sd, adapter_sd, init_sd, merged
     gc.collect()
-    meter = scoring.Throughput()
-    try:
-        threads = prof.runtime.threads if req.threads is None else req.threads
-        base_scores = _score_all("base", base_path, documents, prof, threads, meter)
-        adapted_scores = _score_all("adapted", merged_path, documents, prof, threads, meter)
-    finally:
-        if req.write_merged is None:
-            with contextlib.suppress(FileNotFoundError):
-                merged_path.unlink()
-    comparisons = [scoring.compare(b, a, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
-                   for b, a in zip(base_scores, adapted_scores)]
+    return Prepared(prof, loaded, documents, baseline, adapter_ref, base_ref, merged_path,
+                    summary, notes)
 
+
+def _report(req: Request, rec: status.StageRecorder, prep: Prepared,
+            comparisons: list[scoring.Comparison], meter: scoring.Throughput) -> dict[str, Any]:
+    """Write metrics.json, eval_chart.png and verdict.json; fill the stage record."""
+    prof, loaded = prep.profile, prep.suites
     metrics_doc = {
         "schema_version": 1,
         "profile": {"name": prof.name, "path": str(prof.path), "sha256": prof.sha256},
-        "adapter": adapter_entry,
-        "base_model": {"path": base_ref.path, "sha256": base_ref.sha256},
+        "adapter": prep.merge_summary,
+        "base_model": {"path": prep.base.path, "sha256": prep.base.sha256},
         "eval_strategy": prof.runtime.eval_strategy,
         "tokenizer": suites.tokenizer_name(),
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
@@ -119,7 +148,7 @@ def evaluate(req: Request, rec: status.StageRecorder) -> dict[str, Any]:
         "throughput": {"tokens_scored": meter.tokens, "seconds": round(meter.seconds, 3),
                        "tokens_per_s": round(meter.tokens_per_s, 1),
                        "threads": scoring.threads_in_use()},
-        "notes": notes,
+        "notes": prep.notes,
     }
     metrics_path = req.out / METRICS
     schemas.check(metrics_doc, "eval_metrics", str(metrics_path))
@@ -131,9 +160,10 @@ def evaluate(req: Request, rec: status.StageRecorder) -> dict[str, Any]:
     results = [verdict.SuiteResult(s.name, s.kind, c.base_loss, c.adapted_loss,
                                    c.relative_change, s.data_sha256, c.tokens)
                for s, c in zip(loaded, comparisons)]
-    judged = verdict.judge(results, req.thresholds, baseline["suites"] if baseline else None)
+    judged = verdict.judge(results, req.thresholds,
+                           prep.baseline["suites"] if prep.baseline else None)
     verdict_doc = verdict.document(
-        judged, req.thresholds, adapter_sha256=adapter_ref.sha256,
+        judged, req.thresholds, adapter_sha256=prep.adapter.sha256,
         metrics_sha256=sha256_file(metrics_path), profile=prof.name, created_at=status.utc_now())
     verdict_path = req.out / VERDICT
     schemas.check(verdict_doc, "verdict", str(verdict_path))
@@ -169,14 +199,13 @@ def _suite_entry(suite: suites.Suite, c: scoring.Comparison) -> dict[str, Any]:
     }
 
 
-def _score_all(label: str, model_path: Path, documents: list[suites.Documents],
-               prof: profile_mod.Profile, threads: int,
+def _score_all(label: str, model_path: Path, prep: Prepared, threads: int,
                meter: scoring.Throughput) -> list[list[scoring.DocScore]]:
     """Score every suite with one model (one model in memory at a time)."""
-    model = scoring.load_model(model_path, prof.runtime.eval_strategy, threads)
+    model = scoring.load_model(model_path, prep.profile.runtime.eval_strategy, threads)
     progress = Progress("evaluate_adapter")
     results = []
-    for docs in documents:
+    for docs in prep.documents:
         total, started = len(docs.windows), time.monotonic()
 
         def report(done: int, tokens: int, force: bool = False) -> None:
