@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -204,7 +206,7 @@ def test_child_failures_map_to_exit_codes(tail: str, code: int) -> None:
 
 FAKE_TRAIN_PY = """
     # Stand-in for RWKV-PEFT's train.py: parses the same arguments, writes the same files.
-    import argparse, json, os, sys, time
+    import argparse, json, os, signal, sys, time
     import torch
     p = argparse.ArgumentParser()
     for a in sys.argv[1:]:
@@ -212,20 +214,37 @@ FAKE_TRAIN_PY = """
             p.add_argument(a, nargs="*")
     args = p.parse_args()
     one = lambda name: getattr(args, name)[0]
+    out = one("proj_dir")
     if os.environ.get("FAKE_TRAIN_FAIL"):
         print(os.environ["FAKE_TRAIN_FAIL"], file=sys.stderr)
         sys.exit(1)
-    out = one("proj_dir")
+    if os.environ.get("FAKE_TRAIN_SLEEP"):
+        def stop(signum, frame):
+            open(os.path.join(out, "child_got_sigterm"), "w").close()
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, stop)
+        open(os.path.join(out, "child_started"), "w").close()
+        time.sleep(60)
+        sys.exit(0)
     begin, count = int(one("epoch_begin")), int(one("epoch_count"))
-    with open(os.path.join(out, "loss_data.jsonl"), "w") as f:
-        for step in range(3 * (count - begin)):
-            f.write(json.dumps({"loss": 5.0 - step / 10, "t_cost": 2.0, "kt_s": 8.0}) + "\\n")
+    if begin > 0:  # RWKV-PEFT loads lora_load into the Lightning module: keys need model.
+        loaded = torch.load(json.loads(one("lora_config"))["lora_load"])
+        if not all(k.startswith("model.") for k in loaded):
+            sys.exit("lora_load keys lack the model. prefix")
+    with open(os.path.join(out, "loss_data.jsonl"), "w") as f:  # recreated per run
+        pass
     with open(os.path.join(out, "train_log.txt"), "a") as f:
         f.write("NEW RUN x\\n" + json.dumps(sys.argv) + "\\n")
     for epoch in range(begin, count):
+        with open(os.path.join(out, "loss_data.jsonl"), "a") as f:
+            for step in range(3):
+                f.write(json.dumps({"loss": 5.0 - epoch - step / 10, "t_cost": 2.0,
+                                    "kt_s": 8.0}) + "\\n")
         sd = {f"blocks.0.att.{m}.lora_{x}": torch.zeros(2, 2) for m in ("key", "value")
               for x in "AB"}
         torch.save(sd, os.path.join(out, f"rwkv-{epoch}.pth"))
+        if os.environ.get("FAKE_TRAIN_KILL_AFTER") == str(epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
@@ -248,19 +267,24 @@ def fake_checkout(tmp_path: Path) -> Path:
     return checkout
 
 
-def fake_run(tmp_path: Path, tiny_binidx: Path, **env: str) -> tuple[subprocess.CompletedProcess,
-                                                                        Path]:
+def fake_argv(tmp_path: Path, tiny_binidx: Path) -> list[str]:
     base = tmp_path / "base.pth"
     base.write_bytes(b"not read by the wrapper")
+    checkout = tmp_path / "RWKV-PEFT"
     prof = write_profile(tmp_path, model={"base_model": str(base)},
                          training={"epoch_steps": 3, "epoch_count": 2, "micro_bsz": 1},
-                         rwkv_peft={"checkout": str(fake_checkout(tmp_path)),
+                         rwkv_peft={"checkout": str(checkout if checkout.is_dir() else
+                                                    fake_checkout(tmp_path)),
                                     "python": sys.executable})
-    out = tmp_path / "run"
-    result = subprocess.run([str(SCRIPT), "--profile", str(prof), "--data-prefix",
-                             str(tiny_binidx), "--out", str(out)], capture_output=True,
+    return [str(SCRIPT), "--profile", str(prof), "--data-prefix", str(tiny_binidx), "--out",
+            str(tmp_path / "run")]
+
+
+def fake_run(tmp_path: Path, tiny_binidx: Path, *extra: str,
+             **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+    result = subprocess.run([*fake_argv(tmp_path, tiny_binidx), *extra], capture_output=True,
                             text=True, timeout=120, env={**os.environ, **env})
-    return result, out
+    return result, tmp_path / "run"
 
 
 def test_a_successful_child_run_maps_its_files_into_status(tmp_path: Path,
@@ -294,3 +318,36 @@ def test_a_missing_checkout_exits_3_and_names_the_fix(tmp_path: Path, tiny_binid
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     assert "peftflow doctor" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_killed_child_is_resumed_with_a_prefixed_adapter_and_merged_loss_data(
+        tmp_path: Path, tiny_binidx: Path) -> None:
+    killed, out = fake_run(tmp_path, tiny_binidx, FAKE_TRAIN_KILL_AFTER="0")
+    assert killed.returncode == 130, killed.stderr
+    first = (out / "loss_data.jsonl").read_text().splitlines()
+    assert len(first) == 3
+    resumed, _ = fake_run(tmp_path, tiny_binidx, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert '"--epoch_begin", "1"' in resumed.stderr  # the logged command
+    lines = (out / "loss_data.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and lines[:3] == first
+    assert json.loads(lines[3])["resumed_from_epoch"] == 0
+    doc = json.loads((out / "status.json").read_text())
+    assert doc["metrics"]["resumed_from_epoch"] == 0 and doc["metrics"]["steps"] == 6
+    assert not (out / "loss_data.prev.jsonl").exists()
+
+
+def test_sigterm_is_forwarded_to_the_child(tmp_path: Path, tiny_binidx: Path) -> None:
+    out = tmp_path / "run"
+    wrapper = subprocess.Popen(fake_argv(tmp_path, tiny_binidx), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "FAKE_TRAIN_SLEEP": "1"})
+    deadline = time.monotonic() + 60
+    while not (out / "child_started").exists():
+        assert wrapper.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    wrapper.send_signal(signal.SIGTERM)
+    _, stderr = wrapper.communicate(timeout=45)
+    assert wrapper.returncode == 130, stderr
+    assert (out / "child_got_sigterm").exists()
+    assert json.loads((out / "status.json").read_text())["exit_code"] == 130

@@ -35,7 +35,7 @@ def finalize(prof: Profile, out: Path, rec: status.StageRecorder, timing: dict[s
                              f"{prof.name}: {prof.peft.method.value} ({prof.backend.value})",
                              per_epoch)
     rec.add_output("adapter", adapter)
-    for epoch, path in found.items():
+    for path in found.values():
         rec.add_output(f"checkpoint:{path.name}", path)
     rec.add_output("train_log", out / "train_log.txt")
     rec.add_output("loss_data", out / "loss_data.jsonl")
