@@ -181,6 +181,19 @@ def test_baseline_tolerance_without_baseline_metrics_is_a_config_error(
     assert_failed_cleanly(tmp_path / "eval", 2)
 
 
+def test_write_merged_onto_the_base_model_is_refused_and_leaves_it_intact(
+    env: dict[str, str], models_root: Path, tmp_path: Path
+) -> None:
+    base = models_root / "smoke" / "rwkv7-tiny-L2-D128.pth"
+    before = base.read_bytes()
+    adapter = fabricated_adapter(tmp_path / "rwkv-1.pth", base)
+    code = run_inprocess("--profile", SMOKE, "--adapter", adapter, "--suite", DOMAIN,
+                         "--suite", RETENTION, "--out", tmp_path / "eval", "--write-merged", base)
+    assert code == 2
+    assert base.read_bytes() == before
+    assert_failed_cleanly(tmp_path / "eval", 2)
+
+
 def test_check_suite_command_reports_documents_and_hash_mismatches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from peftflow import atomic, schemas, status
 from peftflow import profile as profile_mod
-from peftflow.errors import IntegrityError, MissingInputError
+from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.evaluate import chart, merge, scoring, suites, verdict
 from peftflow.hashing import sha256_file
 from peftflow.profile import PeftMethod
@@ -106,6 +106,10 @@ def _prepare(req: Request, rec: status.StageRecorder) -> Prepared:
     base_sd = merge.load_checkpoint(base_path, "base model")
     merge.check_base(base_sd, prof, base_path)
     base_ref = rec.add_input("base_model", base_path)
+    if req.write_merged is not None and req.write_merged.resolve() in (
+            base_path.resolve(), req.adapter.resolve()):
+        raise ConfigError(f"--write-merged {req.write_merged}: that is the base model or the "
+                          "adapter itself; write the merged model to a new path")
     init_sd = None
     if prof.peft.method is PeftMethod.PISSA:
         init_path = req.pissa_init or req.adapter.parent / "init_pissa.pth"

@@ -87,12 +87,11 @@ def _abs(path: Path | None) -> Path | None:
     return path.resolve() if path is not None else None
 
 
-def _discard_outputs(req: pipeline.Request | None, out: Path) -> None:
+def _discard_outputs(out: Path, merged: Path | None = None) -> None:
     """Remove outputs of this (or an earlier) run so a failure leaves nothing to take for good."""
-    names = [*pipeline.OUTPUT_FILES, status.STATUS_FILE]
-    paths = [out / n for n in names]
-    if req is not None and req.write_merged is not None:
-        paths.append(req.write_merged)
+    paths = [out / n for n in (*pipeline.OUTPUT_FILES, status.STATUS_FILE)]
+    if merged is not None:
+        paths.append(merged)
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -103,23 +102,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temps(out)
-    _discard_outputs(None, out)
+    _discard_outputs(out)
     rec = status.StageRecorder(STAGE, out)
-    req = None
+    new_merged = None  # a --write-merged file this run creates; removed again on failure
     try:
         req = _request(args)
+        if req.write_merged is not None and not req.write_merged.exists():
+            new_merged = req.write_merged
         doc = pipeline.evaluate(req, rec)
     except PeftflowError as exc:
-        _fail(rec, req, out, str(exc), int(exc.exit_code))
+        _fail(rec, out, new_merged, str(exc), int(exc.exit_code))
         raise
     except (KeyboardInterrupt, common.Interrupted) as exc:
-        _fail(rec, req, out, f"interrupted ({exc or 'SIGINT'})", int(ExitCode.INTERRUPTED))
+        _fail(rec, out, new_merged, f"interrupted ({exc or 'SIGINT'})", int(ExitCode.INTERRUPTED))
         raise
     except MemoryError:
-        _fail(rec, req, out, "out of memory", int(ExitCode.RESOURCE))
+        _fail(rec, out, new_merged, "out of memory", int(ExitCode.RESOURCE))
         raise
     except Exception as exc:
-        _fail(rec, req, out, f"unexpected error: {exc!r}", int(ExitCode.UNEXPECTED))
+        _fail(rec, out, new_merged, f"unexpected error: {exc!r}", int(ExitCode.UNEXPECTED))
         raise
     rec.write("success")
     print(f"verdict: {doc['verdict']}" + "".join(f"\n  - {r}" for r in doc["reasons"]),
@@ -131,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _fail(rec: status.StageRecorder, req: pipeline.Request | None, out: Path, message: str,
+def _fail(rec: status.StageRecorder, out: Path, new_merged: Path | None, message: str,
           code: int) -> None:
-    _discard_outputs(req, out)
+    _discard_outputs(out, new_merged)
     rec.outputs.clear()
     with contextlib.suppress(PeftflowError, OSError):
         rec.write("failed", message, code)
