@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from peftflow import profile as profile_mod
 from peftflow.errors import ConfigError
-from peftflow.evaluate import scoring, suites
+from peftflow.evaluate import merge, scoring, suites
 from peftflow.train.tiny import init_tiny_rwkv7
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +80,35 @@ def test_compare_refuses_scores_over_different_tokens() -> None:
 def test_bad_strategy_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eval strategy 'gpu fp8'"):
         scoring.load_model(tmp_path / "m.pth", "gpu fp8")
+
+
+def test_merged_lora_in_rwkv_scores_like_the_trainers_unmerged_lora_forward(
+    tmp_path: Path, windows  # type: ignore[no-untyped-def]
+) -> None:
+    """Merge + rwkv scoring vs an independent RWKV-7 (the cpu-reference trainer's model) that
+    applies the same adapter unmerged, as W x + alpha/r * B A x during training."""
+    from peftflow.train.cpu_model import RWKV7
+
+    base_path = init_tiny_rwkv7(tmp_path / "base.pth", 2, 128, seed=11)
+    base = torch.load(base_path, weights_only=True)
+    data = yaml.safe_load((ROOT / "configs" / "profiles" / "smoke_cpu.yaml").read_text())
+    data["peft"]["lora"] = {"r": 4, "alpha": 12}
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(data))
+    prof = profile_mod.load(tmp_path / "profile.yaml")
+    reference = RWKV7(base, r=4, alpha=12)
+    gen = torch.Generator().manual_seed(5)
+    adapter = {}
+    for name, tensor in reference.state_dict().items():
+        if ".lora_" in name:
+            adapter[name] = torch.randn(tensor.shape, generator=gen) * 0.05
+    adapter["ln_out.weight"] = base["ln_out.weight"] * 1.1
+    reference.load_state_dict(adapter, strict=False)
+    merged = merge.merge(base, adapter, prof, Path("adapter.pth"))
+    model = scoring.load_model(merge.write_merged(merged.state_dict, tmp_path / "merged.pth"),
+                               "cpu fp32", threads=1)
+    window = windows[0]
+    with torch.no_grad():
+        logits = reference(torch.tensor([window[:-1]])).reshape(len(window) - 1, -1)
+        expected = torch.nn.functional.cross_entropy(logits.double(), torch.tensor(window[1:]))
+    scored = scoring.score_window(model, window)
+    assert abs(scored.loss_sum / scored.tokens - float(expected)) < 1e-4
