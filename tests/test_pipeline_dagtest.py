@@ -1,0 +1,125 @@
+"""The smoke DAG end to end on CPU with dag.test(logical_date=None), as a triggered run has
+no logical date. Real stages: tokeniser, binidx, RWKV-7 LoRA training, rwkv evaluation, gate,
+release. (Pools need the real scheduler: see test_live_*.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BUNDLE = "pipeline-tests"
+STAGE_TASKS = ["prepare_dataset", "train_adapter", "evaluate_adapter"]
+
+
+@pytest.fixture(scope="module")
+def dag_folder(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> Iterator[Path]:
+    """A DAG folder whose specs are the smoke spec and a twin with an unreachable gate."""
+    root = tmp_path_factory.mktemp("pipeline")
+    (root / "dags").mkdir()
+    (root / "dag_specs").mkdir()
+    shutil.copy(project_root / "dags" / "peftflow_dags.py", root / "dags")
+    smoke = (project_root / "dag_specs" / "rwkv7_smoke_cpu.yaml").read_text()
+    (root / "dag_specs" / "pipe_ok.yaml").write_text(
+        smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: pipe_ok"))
+    (root / "dag_specs" / "pipe_blocked.yaml").write_text(
+        smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: pipe_blocked")
+        .replace("min_loss_improvement: 0.01", "min_loss_improvement: 0.99"))
+    # dag.test() serialises the DAG from its configured bundle: make this folder that bundle.
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
+        "name": BUNDLE, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+        "kwargs": {"path": str(root / "dags"), "refresh_interval": 0}}]))
+    yield root / "dags"
+    patch.undo()
+
+
+def _run(dag_folder: Path, dag_id: str, conf: dict[str, Any] | None = None) -> Any:
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    bag = BundleDagBag(str(dag_folder), bundle_path=str(dag_folder), bundle_name=BUNDLE)
+    assert bag.import_errors == {}
+    return bag.dags[dag_id].test(logical_date=None, run_conf=conf or {})
+
+
+def _states(run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+@pytest.fixture(scope="module")
+def ok_run(dag_folder: Path, airflow_db: None, smoke_base_model: Path) -> Any:
+    return _run(dag_folder, "pipe_ok", {"note": "pipeline test"})
+
+
+def test_success_path_releases_with_a_valid_manifest(ok_run: Any) -> None:
+    from peftflow import schemas
+    from peftflow.release import registry
+
+    assert str(ok_run.state) == "success", _states(ok_run)
+    release = registry.current_release("smoke-cpu")
+    assert release is not None and release.run_id == ok_run.run_id
+    manifest = json.loads(release.manifest_path.read_text())
+    schemas.check(manifest, "release_manifest", str(release.manifest_path))
+    assert manifest["airflow"]["dag_id"] == "pipe_ok"
+    assert manifest["gate"]["release"] is True
+    assert (release.dir / "report.md").read_text().count("pydoc-domain") >= 1
+
+
+def test_success_path_leaves_a_verifiable_audit_trail(ok_run: Any) -> None:
+    from peftflow import audit
+
+    events = [e for e in audit.events(run_id=ok_run.run_id)]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("task_succeeded") == 4 and "gate_passed" in kinds
+    assert all(e["actor"] for e in events)
+    assert audit.verify() == []
+
+
+def test_adapter_improved_the_domain_loss(ok_run: Any) -> None:
+    from peftflow import settings
+
+    run_dir = next((settings.get().artifact_root / "pipe_ok").iterdir())
+    metrics = json.loads((run_dir / "evaluate_adapter" / "metrics.json").read_text())
+    domain = metrics["suites"]["pydoc-domain"]
+    assert domain["adapted_loss"] < domain["base_loss"]
+
+
+def test_unreachable_gate_blocks_the_release_and_records_why(ok_run: Any,
+                                                             dag_folder: Path) -> None:
+    from peftflow import audit
+    from peftflow.release import registry
+
+    run = _run(dag_folder, "pipe_blocked")
+    states = _states(run)
+    assert str(run.state) == "failed"
+    assert states["release_gate"] == "failed"
+    assert states["release_adapter"] == "upstream_failed"
+    blocked = [b for b in registry.list_blocked("smoke-cpu") if b["run_id"] == run.run_id]
+    assert blocked, "no blocked record"
+    reasons = " ".join(blocked[0]["reasons"])
+    assert "0.99" in reasons and "pydoc-domain" in reasons
+    events = [e["event"] for e in audit.events(run_id=run.run_id)]
+    assert "gate_blocked" in events
+    assert registry.current_release("smoke-cpu").run_id == ok_run.run_id  # unchanged
+
+
+def test_rerun_with_unchanged_inputs_reuses_every_stage(ok_run: Any, dag_folder: Path) -> None:
+    from peftflow import audit
+    from peftflow.release import registry
+
+    before = registry.current_release("smoke-cpu")
+    run = _run(dag_folder, "pipe_ok")
+    assert str(run.state) == "success"
+    events = list(audit.events(run_id=run.run_id))
+    reused = {e["stage"] for e in events if e["event"] == "task_reused"}
+    assert reused == set(STAGE_TASKS)
+    assert not [e for e in events if e["event"] == "task_started"
+                and e.get("stage") in STAGE_TASKS]
+    after = registry.current_release("smoke-cpu")
+    assert after.version == before.version  # the same adapter is never released twice
