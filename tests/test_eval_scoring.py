@@ -23,8 +23,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> object:
     return scoring.load_model(path, "cpu fp32", threads=1)
 
 
+Windows = tuple[tuple[int, ...], ...]
+
+
 @pytest.fixture(scope="module")
-def windows() -> tuple[tuple[int, ...], ...]:
+def windows() -> Windows:
     suite = suites.load(ROOT / "configs" / "eval" / "pydoc_domain.yaml")
     docs = suites.tokenize(suite, suites.encoder())
     return (docs.windows[0][:60], docs.windows[5][:2], docs.windows[9][:33])
@@ -40,21 +43,23 @@ def rnn_loss(model: object, window: tuple[int, ...]) -> float:
     return total / (len(window) - 1)
 
 
-def test_full_output_loss_equals_token_by_token_rnn_loss(tiny_model: object, windows) -> None:  # type: ignore[no-untyped-def]
+def test_full_output_loss_equals_token_by_token_rnn_loss(
+    tiny_model: object, windows: Windows
+) -> None:
     for window in windows:
         scored = scoring.score_window(tiny_model, window)
         assert scored.tokens == len(window) - 1
         assert abs(scored.loss_sum / scored.tokens - rnn_loss(tiny_model, window)) < 1e-4
 
 
-def test_chunked_scoring_carries_the_state(tiny_model: object, windows) -> None:  # type: ignore[no-untyped-def]
+def test_chunked_scoring_carries_the_state(tiny_model: object, windows: Windows) -> None:
     whole = scoring.score_window(tiny_model, windows[0])
     chunked = scoring.score_window(tiny_model, windows[0], chunk=7)
     assert chunked.tokens == whole.tokens
     assert abs(chunked.loss_sum - whole.loss_sum) / whole.tokens < 1e-4
 
 
-def test_random_model_scores_near_uniform_loss(tiny_model: object, windows) -> None:  # type: ignore[no-untyped-def]
+def test_random_model_scores_near_uniform_loss(tiny_model: object, windows: Windows) -> None:
     scored = scoring.score_window(tiny_model, windows[0])
     assert abs(scored.loss_sum / scored.tokens - math.log(65536)) < 1.0
 
@@ -83,7 +88,7 @@ def test_bad_strategy_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_merged_lora_in_rwkv_scores_like_the_trainers_unmerged_lora_forward(
-    tmp_path: Path, windows  # type: ignore[no-untyped-def]
+    tmp_path: Path, windows: Windows
 ) -> None:
     """Merge + rwkv scoring vs an independent RWKV-7 (the cpu-reference trainer's model) that
     applies the same adapter unmerged, as W x + alpha/r * B A x during training."""

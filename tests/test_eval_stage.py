@@ -1,4 +1,4 @@
-"""evaluate_adapter end to end: the smoke adapter, the verdict, and inputs that must fail cleanly."""
+"""evaluate_adapter end to end: the smoke adapter, its verdict, and inputs that fail cleanly."""
 
 from __future__ import annotations
 

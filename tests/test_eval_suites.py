@@ -47,7 +47,8 @@ def _smoke_records() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
     suite = suites.load(ROOT / "configs" / "eval" / "pydoc_domain.yaml")
-    return read(ROOT / "data" / "smoke" / "pydoc-docs" / "v1" / "train.jsonl"), read(suite.data_path)
+    train = ROOT / "data" / "smoke" / "pydoc-docs" / "v1" / "train.jsonl"
+    return read(train), read(suite.data_path)
 
 
 def test_domain_suite_topics_are_held_out_from_the_smoke_training_data() -> None:
@@ -100,7 +101,9 @@ def test_missing_suite_and_missing_data_are_missing_inputs(tmp_path: Path) -> No
         ({"extra": 1}, r"\$\.extra: unknown key 'extra'"),
     ],
 )
-def test_schema_problems_are_located(tmp_path: Path, fields: dict[str, object], message: str) -> None:
+def test_schema_problems_are_located(
+    tmp_path: Path, fields: dict[str, object], message: str
+) -> None:
     path = write_suite(tmp_path, ["abc"], **fields)
     with pytest.raises(SpecError, match=rf"{path}:1:\d+: {message}"):
         suites.load(path)

@@ -12,7 +12,8 @@ from peftflow.evaluate.verdict import Outcome, SuiteResult, Thresholds, document
 SHA = "ab" * 32
 
 
-def result(name: str, kind: SuiteKind, base: float, adapted: float, tokens: int = 100) -> SuiteResult:
+def result(name: str, kind: SuiteKind, base: float, adapted: float,
+           tokens: int = 100) -> SuiteResult:
     return SuiteResult(name, kind, base, adapted, (adapted - base) / base, SHA, tokens)
 
 

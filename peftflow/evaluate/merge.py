@@ -160,7 +160,8 @@ def merge(
                     delta = delta * float(scaling)  # type: ignore[arg-type]
             merged_sd[weight_key] = (weight + delta).to(base[weight_key].dtype)
         merged.append(weight_key)
-    stray = [k for k in adapter if k.endswith(".lora_B") and k.removesuffix(".lora_B") not in targets]
+    stray = [k for k in adapter
+             if k.endswith(".lora_B") and k.removesuffix(".lora_B") not in targets]
     if stray:
         raise IntegrityError(f"{adapter_path}: {stray[0]} has no matching lora_A; the "
                              "checkpoint is incomplete")
@@ -183,7 +184,8 @@ def _lora_delta(
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != in_f or b.shape[0] != out_f or \
             a.shape[0] != b.shape[1]:
         raise _mismatch(path, f"{prefix}: lora_A {list(a.shape)} / lora_B {list(b.shape)} do not "
-                        f"fit the base weight {list(weight.shape)} (want [r, {in_f}] / [{out_f}, r])")
+                        f"fit the base weight {list(weight.shape)} "
+                        f"(want [r, {in_f}] / [{out_f}, r])")
     if a.shape[0] != rank:
         raise IntegrityError(
             f"{path}: {prefix} has LoRA rank {a.shape[0]}, the profile says r {rank}; pass "

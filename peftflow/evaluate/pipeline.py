@@ -1,4 +1,4 @@
-"""One evaluation: check inputs, merge, score base and adapted model, write metrics/verdict/chart."""
+"""One evaluation: check inputs, merge, score base and adapted model, write the outputs."""
 
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ def load(path: str | Path) -> Suite:
     path = Path(path)
     shown = str(path)
     if not path.is_file():
-        raise MissingInputError(f"{shown}: eval suite not found; pass an existing configs/eval/*.yaml")
+        raise MissingInputError(
+            f"{shown}: eval suite not found; pass an existing configs/eval/*.yaml")
     marked = yamlmarks.load_file(shown)
     schemas.check(marked, "eval_suite", shown)
     data = marked.data
@@ -119,7 +120,8 @@ def texts(suite: Suite) -> list[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg}); fix or remove the line") from None
+                raise DataError(
+                    f"{where}: not valid JSON ({exc.msg}); fix or remove the line") from None
             text = record.get(suite.text_field) if isinstance(record, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise DataError(
