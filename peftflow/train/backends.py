@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peftflow.errors import PeftflowError
+from peftflow.errors import ConfigError, PeftflowError
 from peftflow.profile import PeftMethod, Profile
 from peftflow.stages.common import eta
 from peftflow.train import checkpoints, data, plots, resume, rwkv_peft
@@ -37,6 +37,13 @@ def _args_line(prof: Profile, prefix: Path, out: Path, epoch_begin: int) -> str:
 def run_cpu(prof: Profile, prefix: Path, out: Path,
             last: tuple[int, Path] | None) -> dict[str, Any]:
     """Train the remaining epochs in-process (nothing when the final checkpoint exists)."""
+    unsupported = [f"{name}: {value}" for name, value, ok in (
+        ("quantization", prof.quantization, "none"),
+        ("training.train_type", prof.training.train_type, "none"),
+        ("training.loss_mask", prof.training.loss_mask, "pad")) if value != ok]
+    if unsupported:
+        raise ConfigError(f"{prof.path}: the cpu-reference backend does not implement "
+                          f"{', '.join(unsupported)}; use backend: rwkv-peft or the defaults")
     begin = last[0] + 1 if last else 0
     if begin >= prof.training.epoch_count:
         return {"trained_steps": 0, "seconds": 0.0}
@@ -76,7 +83,11 @@ def run_rwkv_peft(prof: Profile, prefix: Path, out: Path,
                       f"tokens/s {1000 * float(last_rec.get('kt_s', 0)):.0f} "
                       f"ETA {eta(len(records), todo, elapsed)}", file=sys.stderr, flush=True)
 
-        rwkv_peft.run(argv, prof.rwkv_peft.checkout_path(), tick)
+        try:
+            rwkv_peft.run(argv, prof.rwkv_peft.checkout_path(), tick)
+        finally:  # the loadable copies (a whole model for state tuning) are only for launch
+            for copy in out.glob("resume-from-rwkv-*.pth"):
+                copy.unlink(missing_ok=True)
         seconds = time.monotonic() - t0
         trained = len(plots.read_loss_data(out / "loss_data.jsonl"))
     if prof.peft.method is PeftMethod.PISSA:
