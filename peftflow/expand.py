@@ -44,6 +44,9 @@ def trigger_params(spec: Spec) -> dict[str, Any]:
             spec.dataset_manifest, "Dataset version (manifest) to train on.",
             type="string", enum=[spec.dataset_manifest, *spec.trigger.allowed_manifests]),
     }
+    params["force_rerun"] = _param(
+        False, "Run every stage again even when an identical earlier result could be reused.",
+        type="boolean")
     if spec.gate.allow_override:
         params["override_gate"] = _param(
             False, "Release even if the gate fails (audited; needs override_reason).",

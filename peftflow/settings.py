@@ -111,3 +111,18 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def api_credentials() -> tuple[str | None, str | None]:
+    """Airflow API user and password from the environment (never logged)."""
+    return os.environ.get("PEFTFLOW_API_USER"), os.environ.get("PEFTFLOW_API_PASSWORD")
+
+
+def current_user() -> str:
+    """Who runs this command, for the audit trail."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")

@@ -101,7 +101,8 @@ def run_stage(op: Any, context: Any) -> dict[str, Any]:
                details={"error": str(exc), "phase": "inputs"})
         raise AirflowFailException(f"{stage.value}: inputs rejected: {exc}") from None
     key = the_plan.cache_key()
-    earlier = cache.lookup(stage.value, key)
+    forced = bool(run.params.get("force_rerun"))
+    earlier = None if forced else cache.lookup(stage.value, key)
     if earlier is not None:
         op.log.info("reusing the successful %s result with the same cache key %s (%s)",
                     stage.value, key[:12], earlier["_status_path"])
@@ -109,6 +110,8 @@ def run_stage(op: Any, context: Any) -> dict[str, Any]:
                inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(earlier)),
                details={"cache_key": key, "status_path": earlier["_status_path"]})
         return _record(earlier, Path(earlier["_status_path"]), key, reused=True)
+    if forced:
+        op.log.info("force_rerun is set: not reusing earlier results")
     return _execute(op, stage, run, the_plan, key)
 
 

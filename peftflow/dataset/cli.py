@@ -30,7 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     reg.add_argument("--source", default="", help="where the data came from")
     reg.add_argument("--notes", default="", help="free-text notes")
     reg.add_argument("--out", help="manifest path (default: <stem>.manifest.json beside FILE)")
+    reg.add_argument("--no-announce", action="store_true",
+                     help="do not emit the Airflow asset event for a new version (which "
+                     "starts the retrain DAGs of this dataset)")
     reg.set_defaults(func=_register)
+    ann = actions.add_parser(
+        "announce",
+        help="emit the Airflow asset event of a registered version (starts retrain DAGs)",
+        description="POST the asset event peftflow-dataset://<name> with this manifest as "
+        "its extra, e.g. when the api-server was down during `register`.",
+    )
+    ann.add_argument("manifest", help="a *.manifest.json written by `register`")
+    ann.set_defaults(func=_announce)
     smoke = actions.add_parser(
         "make-smoke",
         help="rebuild the smoke corpus from Python's own docs (pydoc_data)",
@@ -54,11 +65,23 @@ def _register(args: argparse.Namespace) -> int:
     if created:
         print(f"registered {manifest.label}: {entry.records} records, {entry.bytes} bytes, "
               f"sha256 {entry.sha256[:12]}... -> {path}", file=sys.stderr)
+        if not args.no_announce:
+            from peftflow.triggers import announce_dataset
+
+            announce_dataset(Path(path), manifest.name, manifest.version)
     else:
         print(f"{manifest.label} is already registered with identical content in {path}; "
               "nothing changed", file=sys.stderr)
     print(path)
     return 0
+
+
+def _announce(args: argparse.Namespace) -> int:
+    from peftflow.dataset.manifest import load_manifest
+    from peftflow.triggers import announce_dataset
+
+    manifest = load_manifest(args.manifest)
+    return 0 if announce_dataset(Path(args.manifest), manifest.name, manifest.version) else 1
 
 
 def _make_smoke(args: argparse.Namespace) -> int:

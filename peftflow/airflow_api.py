@@ -1,0 +1,130 @@
+"""A small client of Airflow's REST API (v2), for triggering runs and emitting asset events.
+
+Authentication: a JWT from POST /auth/token. Credentials come from PEFTFLOW_API_USER and
+PEFTFLOW_API_PASSWORD, or from the password file that Airflow's SimpleAuthManager generates in
+AIRFLOW_HOME. Tokens and passwords are never printed or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from peftflow import settings
+from peftflow.errors import PeftflowError, ResourceError
+
+PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+TERMINAL = {"success", "failed"}
+
+
+class ApiError(PeftflowError):
+    """The Airflow API refused a request; the message carries its status and detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        super().__init__(f"Airflow API answered {status}: {detail}")
+
+
+@dataclass
+class Client:
+    base_url: str
+    token: str | None = None
+
+    @classmethod
+    def from_settings(cls) -> Client:
+        s = settings.get()
+        return cls(f"http://{s.api_host}:{s.api_port}")
+
+    def _credentials(self) -> tuple[str, str]:
+        user, password = settings.api_credentials()
+        if user and password:
+            return user, password
+        path = settings.get().airflow_home / PASSWORD_FILE
+        try:
+            users = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise PeftflowError(f"no API credentials: set PEFTFLOW_API_USER/PASSWORD, or start "
+                                f"the api-server once so that it writes {path}") from None
+        name = user or ("admin" if "admin" in users else next(iter(users)))
+        return name, str(users[name])
+
+    def login(self) -> None:
+        user, password = self._credentials()
+        answer = self._send("POST", "/auth/token", {"username": user, "password": password},
+                            auth=False)
+        self.token = str(answer["access_token"])
+
+    def _send(self, method: str, path: str, body: Any = None, auth: bool = True,
+              query: dict[str, Any] | None = None) -> Any:
+        url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth:
+            if self.token is None:
+                self.login()
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - our API
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:2000]
+            raise ApiError(exc.code, detail) from None
+        except urllib.error.URLError as exc:
+            raise ResourceError(f"Airflow API at {self.base_url} unreachable ({exc.reason}); "
+                                "is the api-server running? (./setup_airflow.sh start)") from None
+        return json.loads(raw) if raw else None
+
+    def unpause(self, dag_id: str) -> None:
+        self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None,
+                note: str | None = None) -> str:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+        if note:
+            body["note"] = note
+        return str(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"])
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        quoted = urllib.parse.quote(run_id, safe="")
+        return self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")  # type: ignore[no-any-return]
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        answer = self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns", query={"limit": 100})
+        return list(answer["dag_runs"])
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        quoted = urllib.parse.quote(run_id, safe="")
+        answer = self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")
+        return list(answer["task_instances"])
+
+    def wait(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 2.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = str(self.run(dag_id, run_id)["state"])
+            if state in TERMINAL:
+                return state
+            if time.monotonic() > deadline:
+                return state
+            time.sleep(poll_s)
+
+    def asset_id(self, uri: str) -> int | None:
+        answer = self._send("GET", "/api/v2/assets", query={"uri_pattern": uri, "limit": 100})
+        for asset in answer.get("assets", []):
+            # Airflow normalises the URI (adds a trailing slash); the name keeps ours.
+            if asset.get("name") == uri or asset["uri"].rstrip("/") == uri.rstrip("/"):
+                return int(asset["id"])
+        return None
+
+    def asset_event(self, uri: str, extra: dict[str, Any]) -> dict[str, Any]:
+        asset = self.asset_id(uri)
+        if asset is None:
+            raise PeftflowError(f"Airflow knows no asset {uri}: no retrain DAG is scheduled on "
+                                "it (add a retrain_on_new_dataset spec for this dataset)")
+        return self._send("POST", "/api/v2/assets/events",  # type: ignore[no-any-return]
+                          {"asset_id": asset, "extra": extra})
