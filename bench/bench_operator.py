@@ -56,6 +56,7 @@ def main() -> int:
     os.environ.update({
         "AIRFLOW_HOME": str(tmp / "airflow_home"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False", "DO_NOT_TRACK": "1",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
         "PEFTFLOW_ARTIFACT_ROOT": str(tmp / "artifacts"),
         "PEFTFLOW_AUDIT_LOG": str(tmp / "audit.jsonl"),
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
