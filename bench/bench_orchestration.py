@@ -33,11 +33,11 @@ def free_port() -> int:
 def by_hand(tmp: Path) -> float:
     """The four scripts back to back, plus the gate decision, as an operator would run them."""
     from peftflow import status, validate
+    from peftflow.plan import build
     from peftflow.release import gate
     from peftflow.runinfo import RunInfo
-    from peftflow.spec import Stage
-    from peftflow.plan import build
     from peftflow.settings import child_env
+    from peftflow.spec import Stage
 
     spec = validate.load_spec(ROOT / "dag_specs" / f"{DAG_ID}.yaml")
     run = RunInfo(DAG_ID, "by_hand", "bench", 1, "bench", "manual", {}, {})

@@ -18,7 +18,7 @@ from peftflow.yamlmarks import Marked, child_path
 SCHEMA_BASE_ID = "https://peftflow.dev/schemas/"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(schemas_dir: str, name: str) -> dict[str, Any]:
     path = Path(schemas_dir) / f"{name}.schema.json"
     with open(path, encoding="utf-8") as handle:
@@ -32,7 +32,7 @@ def load_schema(name: str) -> dict[str, Any]:
     return _load(str(settings.get().schemas_dir), name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(schemas_dir: str, name: str) -> Draft202012Validator:
     return Draft202012Validator(
         _load(schemas_dir, name), format_checker=Draft202012Validator.FORMAT_CHECKER

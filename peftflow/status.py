@@ -52,7 +52,7 @@ class FileRef:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def tool_versions(**extra: str) -> dict[str, str]:

@@ -93,7 +93,7 @@ def test_record_rule_fails_and_names_the_line(
     result = _rule(quality, rule)
     assert result["outcome"] == "fail" and result["value"] == 1 and result["offending_lines"] == [3]
     assert result["examples"][0].startswith("line 3: ") and detail in result["examples"][0]
-    assert f"line 3: " in capsys.readouterr().err
+    assert "line 3: " in capsys.readouterr().err
     assert quality["invalid_records"] == 1 and quality["documents"] == 5
 
 

@@ -6,8 +6,8 @@ context is a small stand-in, so each row runs in well under a second.
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import sys
 import textwrap
 import time
@@ -202,5 +202,5 @@ def test_on_kill_terminates_the_whole_process_group(
 def _capture(errors: list[BaseException], fn: Any, *args: Any) -> None:
     try:
         fn(*args)
-    except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+    except BaseException as exc:
         errors.append(exc)

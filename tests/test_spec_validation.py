@@ -75,7 +75,7 @@ def test_spec_is_typed_with_defaults_applied() -> None:
     assert full.retry_policy(Stage.RELEASE).retries == 0
     assert full.retry_policy(Stage.RELEASE).retry_delay_s == 60
     assert full.gate.compare_to_release and full.gate.release_tolerance == 0.01
-    assert GPU_STAGES == {Stage.TRAIN, Stage.EVALUATE}
+    assert {Stage.TRAIN, Stage.EVALUATE} == GPU_STAGES
 
 
 def test_retrain_spec_always_compares_with_the_current_release() -> None:

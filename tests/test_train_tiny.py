@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from peftflow.train import checkpoints
-from peftflow.train.cpu_model import RWKV7, _WKV7
+from peftflow.train.cpu_model import _WKV7, RWKV7
 from peftflow.train.tiny import init_tiny_rwkv7, tiny_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]

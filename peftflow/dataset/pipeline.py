@@ -27,8 +27,15 @@ from peftflow.dataset import tokenizer
 from peftflow.dataset.binidx import BinIdxWriter
 from peftflow.dataset.dedup import DuplicateSpool
 from peftflow.dataset.quality import Measurements
-from peftflow.dataset.reader import CHUNK_BYTES, RECORD_RULES, ChunkResult, Hits, Span
-from peftflow.dataset.reader import plan_spans, scan_span
+from peftflow.dataset.reader import (
+    CHUNK_BYTES,
+    RECORD_RULES,
+    ChunkResult,
+    Hits,
+    Span,
+    plan_spans,
+    scan_span,
+)
 from peftflow.errors import IntegrityError, ResourceError
 from peftflow.stages.common import Progress, eta
 

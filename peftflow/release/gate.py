@@ -19,7 +19,6 @@ from peftflow.hashing import sha256_bytes, sha256_file
 from peftflow.status import utc_now
 
 
-
 @dataclass(frozen=True)
 class Override:
     """A request to release despite failed rules (a trigger param); honoured only if allowed."""
