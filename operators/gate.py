@@ -8,13 +8,14 @@ override it only when the spec allows overrides, with a reason, and the override
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 from airflow.sdk import BaseOperator
 
 
 class ReleaseGateOperator(BaseOperator):
-    template_fields: ClassVar[tuple[str, ...]] = ()
+    template_fields: Sequence[str] = ()
     ui_color = "#fde8e8"
 
     def __init__(self, *, spec_file: str, **kwargs: Any) -> None:

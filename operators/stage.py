@@ -12,13 +12,14 @@ retries; resource failures and interruptions retry with the spec's policy.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 from airflow.sdk import BaseOperator
 
 
 class StageOperator(BaseOperator):
-    template_fields: ClassVar[tuple[str, ...]] = ()
+    template_fields: Sequence[str] = ()
     ui_color = "#e8f0fe"
 
     def __init__(self, *, stage: str, spec_file: str, **kwargs: Any) -> None:
