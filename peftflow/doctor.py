@@ -27,13 +27,19 @@ class Check:
 
 def pool_check() -> Check:
     """The gpu pool, read from the metadata DB of the current AIRFLOW_HOME."""
+    home = settings.use_project_airflow_home()
     from airflow.models.pool import Pool
     from airflow.utils.session import create_session
     from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
 
-    with create_session() as session:
-        pool = session.scalar(select(Pool).where(Pool.pool == GPU_POOL))
-        slots = None if pool is None else pool.slots
+    try:
+        with create_session() as session:
+            pool = session.scalar(select(Pool).where(Pool.pool == GPU_POOL))
+            slots = None if pool is None else pool.slots
+    except SQLAlchemyError as exc:
+        return Check("pool gpu", "fail", f"cannot read the metadata DB of {home} "
+                     f"({type(exc).__name__}); run ./setup_airflow.sh first")
     if slots is None:
         return Check("pool gpu", "fail", "pool 'gpu' does not exist: GPU tasks would stay "
                      "'scheduled' forever. Fix: airflow pools import configs/pools.json")

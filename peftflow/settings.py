@@ -126,3 +126,11 @@ def current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return os.environ.get("USER", "unknown")
+
+
+def use_project_airflow_home() -> Path:
+    """Point Airflow at the project's AIRFLOW_HOME unless one is set; call before importing
+    airflow (it reads AIRFLOW_HOME once, at import)."""
+    home = get().airflow_home
+    os.environ.setdefault("AIRFLOW_HOME", str(home))
+    return home
