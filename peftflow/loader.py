@@ -27,8 +27,10 @@ REPORT_DAG_ID = "peftflow_invalid_specs"
 def _dag_class() -> type:
     from airflow.sdk import DAG
 
-    class InvalidSpecsReport(DAG):  # type: ignore[misc]
-        """Never bagged: its validate() raises, which Airflow records as this file's import error."""
+    class InvalidSpecsReport(DAG):
+        """Never bagged: validate() raises, which Airflow records as this file's import error."""
+
+        peftflow_problems: list[Problem]
 
         def validate(self) -> None:
             raise SpecError(self.peftflow_problems)
