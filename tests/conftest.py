@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION = Path(tempfile.mkdtemp(prefix="peftflow-tests-"))
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 os.environ.update({
     "AIRFLOW_HOME": str(_SESSION / "airflow_home"),
@@ -24,6 +32,8 @@ os.environ.update({
     "PEFTFLOW_ARTIFACT_ROOT": str(_SESSION / "artifacts"),
     "PEFTFLOW_RELEASES_ROOT": str(_SESSION / "releases"),
     "PEFTFLOW_AUDIT_LOG": str(_SESSION / "audit" / "audit.jsonl"),
+    # Nothing listens here: a test never reaches a deployment someone left running on 8080.
+    "PEFTFLOW_API_PORT": str(_unused_port()),
 })
 os.environ.pop("PEFTFLOW_DB_URL", None)
 os.environ.pop("PEFTFLOW_ORCHESTRATION_CONFIG", None)
