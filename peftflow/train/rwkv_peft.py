@@ -8,6 +8,8 @@ configs/rwkv_peft.yaml and checks each flag it emits against that file's argumen
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from peftflow import settings, yamlmarks
 from peftflow.errors import ConfigError, MissingInputError, PeftflowError, ResourceError
@@ -54,13 +56,16 @@ class Plan:
     epoch_save: int | None = None  # None: the profile's
 
 
+FRESH = Plan()  # a new run from the base model
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
 
-def build_argv(prof: Profile, data_prefix: Path, out_dir: Path, plan: Plan = Plan()) -> list[str]:
+def build_argv(prof: Profile, data_prefix: Path, out_dir: Path, plan: Plan = FRESH) -> list[str]:
     """The full command: [python, <checkout>/train.py, --flag, value, ...]."""
-    m, t, rt, peft = prof.model, prof.training, prof.runtime, prof.peft
+    m, t, rt = prof.model, prof.training, prof.runtime
     base = plan.base_override or str(m.base_model_path().resolve())
     flags: list[tuple[str, list[str]]] = [
         ("load_model", [base]),
@@ -236,10 +241,8 @@ def run(argv: list[str], cwd: Path, on_tick: Callable[[], None], every: float = 
     pump.start()
     try:
         while child.poll() is None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=every)
-            except subprocess.TimeoutExpired:
-                pass
             on_tick()
     except BaseException:
         _stop(child)
@@ -251,7 +254,8 @@ def run(argv: list[str], cwd: Path, on_tick: Callable[[], None], every: float = 
 
 def _pump(child: subprocess.Popen, tail: collections.deque) -> None:  # type: ignore[type-arg]
     assert child.stdout is not None
-    for raw in iter(lambda: child.stdout.read1(65536), b""):  # type: ignore[union-attr]
+    stream = cast(io.BufferedReader, child.stdout)  # stdout=PIPE, default buffering
+    for raw in iter(lambda: stream.read1(65536), b""):
         sys.stderr.buffer.write(raw)
         sys.stderr.buffer.flush()
         tail.append(raw.decode("utf-8", "replace"))
