@@ -40,7 +40,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     result = validate.validate_paths(_default_paths(args.paths))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in result.specs:
         if spec.kind.value == "retrain_on_new_dataset":
             schedule = f"on {expand.dataset_asset_uri(spec.dataset_name or '?')}"
