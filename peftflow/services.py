@@ -200,6 +200,10 @@ def stop(dep: Deployment, names: tuple[str, ...] = SERVICES, grace_s: float = 20
 
 
 def _group_alive(pgid: int) -> bool:
+    # A leader started by this process stays a zombie until reaped, and a zombie still
+    # answers killpg(0): reap it, or stop() would wait out the whole grace period.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
