@@ -18,7 +18,7 @@ from typing import Any
 from peftflow import settings
 from peftflow.errors import PeftflowError, ResourceError
 
-PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"  # noqa: S105 - a file name
 TERMINAL = {"success", "failed"}
 
 

@@ -85,7 +85,8 @@ def _spool_blocks(spool: BinaryIO, n: int) -> Iterator[np.ndarray]:
         left -= count
 
 
-def write(prefix: str | Path, documents: list[np.ndarray], dtype: type[np.generic] = np.uint16) -> None:
+def write(prefix: str | Path, documents: list[np.ndarray],
+          dtype: type[np.generic] = np.uint16) -> None:
     """Write small in-memory documents to PREFIX.bin/.idx (tests, tools); not atomic."""
     import tempfile
 
@@ -122,7 +123,8 @@ def read_index(path: str | Path) -> Index:
         raise IntegrityError(f"{path}: {size} bytes, too short for an MMIDIDX header")
     magic, version, code, n, m = HEADER.unpack(head)
     if magic != MAGIC or version != VERSION:
-        raise IntegrityError(f"{path}: not an MMIDIDX v1 index (magic {magic!r}, version {version})")
+        raise IntegrityError(f"{path}: not an MMIDIDX v1 index (magic {magic!r}, "
+                             f"version {version})")
     if code not in DTYPE_CODES or m != n + 1:
         raise IntegrityError(f"{path}: bad header (dtype code {code}, N {n}, doc_idx length {m})")
     expected = HEADER.size + 4 * n + 8 * n + 8 * m
@@ -141,7 +143,8 @@ def read_documents(prefix: str | Path) -> Iterator[np.ndarray]:
     bin_path = f"{prefix}.bin"
     expected = int(index.sizes.sum(dtype=np.int64)) * index.dtype.itemsize
     if os.path.getsize(bin_path) != expected:
-        raise IntegrityError(f"{bin_path}: {os.path.getsize(bin_path)} bytes, index says {expected}")
+        raise IntegrityError(f"{bin_path}: {os.path.getsize(bin_path)} bytes, "
+                             f"index says {expected}")
     if not len(index):
         return
     tokens = np.memmap(bin_path, dtype=index.dtype, mode="r")

@@ -58,7 +58,8 @@ class Staged:
         self.temps: list[Path] = []
         self.handles: list[BinaryIO] = []
         for target in targets:
-            fd, tmp = tempfile.mkstemp(prefix=f"{atomic.TMP_PREFIX}{target.name}.", dir=target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f"{atomic.TMP_PREFIX}{target.name}.",
+                                       dir=target.parent)
             self.temps.append(Path(tmp))
             self.handles.append(os.fdopen(fd, "w+b"))
 
@@ -196,9 +197,12 @@ def run(data_path: Path, data_sha256: str, bin_out: BinaryIO, idx_out: BinaryIO,
                 shortest = min(shortest, int(res.sizes.min()) - 1)
                 longest = max(longest, int(res.sizes.max()) - 1)
                 total += int(res.sizes.sum()) - int(res.sizes.size)
-            progress.maybe(lambda s, d=writer.documents, b=done: (
-                f"{d} documents, {b / 1e6:.1f}/{size / 1e6:.1f} MB, "
-                f"{b / 1e6 / max(s, 1e-9):.1f} MB/s, ETA {eta(b, size, s)}"))
+
+            def line(s: float, d: int = writer.documents, b: int = done) -> str:
+                return (f"{d} documents, {b / 1e6:.1f}/{size / 1e6:.1f} MB, "
+                        f"{b / 1e6 / max(s, 1e-9):.1f} MB/s, ETA {eta(b, size, s)}")
+
+            progress.maybe(line)
         if _identity(data_path) != before or done != size:
             raise IntegrityError(f"{data_path}: changed while it was being read; rerun once "
                                  "the file is stable")
