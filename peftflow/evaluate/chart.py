@@ -31,11 +31,12 @@ def render(
         bars_b = ax.bar([x - width / 2 for x in xs], base, width, label="base", color="#8c8c8c")
         bars_a = ax.bar([x + width / 2 for x in xs], adapted, width, label="adapted",
                         color="#2a7ab9")
-        for bar_b, bar_a, change in zip(bars_b, bars_a, changes):
+        for bar_b, bar_a, change in zip(bars_b, bars_a, changes, strict=True):
             top = max(bar_b.get_height(), bar_a.get_height())
             ax.annotate(f"{change:+.2%}", (bar_a.get_x(), top), textcoords="offset points",
                         xytext=(0, 4), ha="center", fontsize=9)
-        ax.set_xticks(list(xs), [f"{n}\n({k})" for n, k in zip(names, kinds)], fontsize=9)
+        ax.set_xticks(list(xs), [f"{n}\n({k})" for n, k in zip(names, kinds, strict=True)],
+                      fontsize=9)
         ax.set_ylabel("mean per-token loss (nats)")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, max([*base, *adapted, 1e-9]) * 1.18)

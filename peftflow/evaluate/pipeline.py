@@ -14,6 +14,7 @@ from peftflow import atomic, schemas, status
 from peftflow import profile as profile_mod
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.evaluate import chart, merge, scoring, suites, verdict
+from peftflow.evaluate.suites import Documents
 from peftflow.hashing import sha256_file
 from peftflow.profile import PeftMethod
 from peftflow.stages.common import Progress
@@ -55,7 +56,7 @@ class Prepared:
 
     profile: profile_mod.Profile
     suites: list[suites.Suite]
-    documents: list[suites.Documents]
+    documents: list[Documents]  # not suites.Documents: the field above shadows the module
     baseline: dict[str, Any] | None
     adapter: status.FileRef
     base: status.FileRef
@@ -77,7 +78,7 @@ def evaluate(req: Request, rec: status.StageRecorder) -> dict[str, Any]:
             with contextlib.suppress(FileNotFoundError):
                 prep.merged_path.unlink()
     comparisons = [scoring.compare(b, a, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
-                   for b, a in zip(base_scores, adapted_scores)]
+                   for b, a in zip(base_scores, adapted_scores, strict=True)]
     return _report(req, rec, prep, comparisons, meter)
 
 
@@ -148,7 +149,7 @@ def _report(req: Request, rec: status.StageRecorder, prep: Prepared,
         "tokenizer": suites.tokenizer_name(),
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED,
                       "statistic": "relative_change"},
-        "suites": {s.name: _suite_entry(s, c) for s, c in zip(loaded, comparisons)},
+        "suites": {s.name: _suite_entry(s, c) for s, c in zip(loaded, comparisons, strict=True)},
         "throughput": {"tokens_scored": meter.tokens, "seconds": round(meter.seconds, 3),
                        "tokens_per_s": round(meter.tokens_per_s, 1),
                        "threads": scoring.threads_in_use()},
@@ -163,7 +164,7 @@ def _report(req: Request, rec: status.StageRecorder, prep: Prepared,
                  f"{prof.name}: {req.adapter.name} vs base")
     results = [verdict.SuiteResult(s.name, s.kind, c.base_loss, c.adapted_loss,
                                    c.relative_change, s.data_sha256, c.tokens)
-               for s, c in zip(loaded, comparisons)]
+               for s, c in zip(loaded, comparisons, strict=True)]
     judged = verdict.judge(results, req.thresholds,
                            prep.baseline["suites"] if prep.baseline else None)
     verdict_doc = verdict.document(
@@ -182,7 +183,7 @@ def _report(req: Request, rec: status.StageRecorder, prep: Prepared,
         "verdict": verdict_doc["verdict"],
         "suites": {s.name: {"kind": s.kind.value, "tokens": c.tokens, "base_loss": c.base_loss,
                             "adapted_loss": c.adapted_loss, "relative_change": c.relative_change}
-                   for s, c in zip(loaded, comparisons)},
+                   for s, c in zip(loaded, comparisons, strict=True)},
         "tokens_per_s": round(meter.tokens_per_s, 1),
         "seconds": round(meter.seconds, 3),
     })
@@ -212,7 +213,8 @@ def _score_all(label: str, model_path: Path, prep: Prepared, threads: int,
     for docs in prep.documents:
         total, started = len(docs.windows), time.monotonic()
 
-        def report(done: int, tokens: int, force: bool = False) -> None:
+        def report(done: int, tokens: int, force: bool = False, docs: Documents = docs,
+                   total: int = total, started: float = started) -> None:
             rate = tokens / max(time.monotonic() - started, 1e-9)
             progress.maybe(lambda _: f"{label} model, suite {docs.suite.name}: {done}/{total} "
                            f"documents, {tokens} tokens, {rate:.0f} tokens/s", force)

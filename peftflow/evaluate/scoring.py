@@ -116,7 +116,8 @@ def compare(
     """Token-weighted mean losses of both models, relative change and its bootstrap CI."""
     import numpy as np
 
-    if len(base) != len(adapted) or any(b.tokens != a.tokens for b, a in zip(base, adapted)):
+    if len(base) != len(adapted) or any(
+            b.tokens != a.tokens for b, a in zip(base, adapted, strict=True)):
         raise ValueError("base and adapted scores must cover exactly the same tokens")
     b = np.array([s.loss_sum for s in base])
     a = np.array([s.loss_sum for s in adapted])
