@@ -12,7 +12,7 @@ from peftflow import atomic
 
 def read_loss_data(path: str | Path) -> list[dict[str, Any]]:
     """Records of loss_data.jsonl; a torn last line (killed writer) is ignored."""
-    records = []
+    records: list[dict[str, Any]] = []
     path = Path(path)
     if not path.is_file():
         return records

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from peftflow import atomic
 from peftflow.profile import PeftMethod, Profile
@@ -116,6 +117,6 @@ def merge_history(out_dir: Path) -> None:
             (out_dir / name).unlink()
 
 
-def _state(out_dir: Path) -> dict | None:
+def _state(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / STATE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

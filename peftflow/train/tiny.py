@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 from peftflow import atomic
 from peftflow.errors import ConfigError
@@ -23,12 +24,13 @@ def lora_dims(n_embd: int) -> dict[str, int]:
     """Widths of the decay, in-context-lr, value-residual and gate low-rank MLPs."""
 
     def dim(factor: float, power: float) -> int:
-        return max(32, int(round(factor * n_embd**power / 32)) * 32)
+        return max(32, round(factor * math.pow(n_embd, power) / 32) * 32)
 
     return {"w": dim(1.8, 0.5), "a": dim(1.8, 0.5), "v": dim(1.3, 0.5), "g": dim(0.6, 0.8)}
 
 
-def tiny_state_dict(n_layer: int, n_embd: int, seed: int, vocab_size: int = 65536) -> dict:
+def tiny_state_dict(n_layer: int, n_embd: int, seed: int,
+                    vocab_size: int = 65536) -> dict[str, Any]:
     """Build the state dict (float32, CPU) of a random RWKV-7 with the given shape."""
     import torch
 
@@ -92,7 +94,7 @@ def tiny_state_dict(n_layer: int, n_embd: int, seed: int, vocab_size: int = 6553
     return {k: v.float().contiguous() for k, v in sd.items()}
 
 
-def serialize(state_dict: dict) -> bytes:
+def serialize(state_dict: dict[str, Any]) -> bytes:
     """torch.save into bytes (deterministic for the same tensors)."""
     import torch
 
