@@ -19,6 +19,7 @@ from peftflow.errors import ConfigError
 
 HEAD_SIZE = 64
 LORA_TARGETS = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
+Lora = tuple[int, float, float]  # r, alpha, dropout of every LoraLinear
 
 
 class LoraLinear(nn.Module):
@@ -51,7 +52,33 @@ def _param(shape: torch.Size | tuple[int, ...]) -> nn.Parameter:
 class TimeMix(nn.Module):
     """RWKV-7 attention ("time mixing") of one block."""
 
-    def __init__(self, shapes: dict[str, torch.Size], layer_id: int, C: int, lora: tuple) -> None:
+    # Created by name in __init__; declared so that the type checker knows what they are.
+    x_r: torch.Tensor
+    x_w: torch.Tensor
+    x_k: torch.Tensor
+    x_v: torch.Tensor
+    x_a: torch.Tensor
+    x_g: torch.Tensor
+    w0: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+    a0: torch.Tensor
+    a1: torch.Tensor
+    a2: torch.Tensor
+    g1: torch.Tensor
+    g2: torch.Tensor
+    k_k: torch.Tensor
+    k_a: torch.Tensor
+    r_k: torch.Tensor
+    v0: torch.Tensor
+    v1: torch.Tensor
+    v2: torch.Tensor
+    receptance: LoraLinear
+    key: LoraLinear
+    value: LoraLinear
+    output: LoraLinear
+
+    def __init__(self, shapes: dict[str, torch.Size], layer_id: int, C: int, lora: Lora) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.n_head = C // HEAD_SIZE
@@ -97,7 +124,8 @@ def wkv7(r, decay, k, v, a, b, H: int) -> torch.Tensor:  # type: ignore[no-untyp
     """
     B, T, C = r.shape
     shape = (B, T, H, C // H)
-    y = _WKV7.apply(*(t.float().reshape(shape).contiguous() for t in (r, decay, k, v, a, b)))
+    y: torch.Tensor = _WKV7.apply(  # type: ignore[no-untyped-call]
+        *(t.float().reshape(shape).contiguous() for t in (r, decay, k, v, a, b)))
     return y.reshape(B, T, C)
 
 
@@ -144,7 +172,7 @@ class _WKV7(torch.autograd.Function):
 class ChannelMix(nn.Module):
     """RWKV-7 feed-forward ("channel mixing") of one block."""
 
-    def __init__(self, shapes: dict[str, torch.Size], C: int, F_: int, lora: tuple) -> None:
+    def __init__(self, shapes: dict[str, torch.Size], C: int, F_: int, lora: Lora) -> None:
         super().__init__()
         self.x_k = _param(shapes["x_k"])
         self.key = LoraLinear(C, F_, *lora)
@@ -152,11 +180,12 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xx = F.pad(x, (0, 0, 1, -1)) - x
-        return self.value(torch.relu(self.key(x + xx * self.x_k)) ** 2)
+        out: torch.Tensor = self.value(torch.relu(self.key(x + xx * self.x_k)) ** 2)
+        return out
 
 
 class Block(nn.Module):
-    def __init__(self, sd: dict[str, torch.Tensor], i: int, C: int, lora: tuple) -> None:
+    def __init__(self, sd: dict[str, torch.Tensor], i: int, C: int, lora: Lora) -> None:
         super().__init__()
         self.layer_id = i
         if i == 0:
@@ -230,7 +259,8 @@ class RWKV7(nn.Module):
         v_first = torch.empty_like(x)
         for block in self.blocks:
             x, v_first = block(x, v_first)
-        return self.head(self.ln_out(x))
+        logits: torch.Tensor = self.head(self.ln_out(x))
+        return logits
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter checkpoint: trainable tensors only, detached CPU copies."""

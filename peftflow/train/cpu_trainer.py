@@ -45,7 +45,7 @@ def lr_at(step: int, total: int, t: Any) -> float:
         done, span, final = step, total, float(t.lr_final)
     if done >= span:
         return final
-    return final + 0.5 * (t.lr_init - final) * (1 + math.cos(math.pi * done / span))
+    return final + 0.5 * (float(t.lr_init) - final) * (1 + math.cos(math.pi * done / span))
 
 
 @dataclass
@@ -82,7 +82,7 @@ class RunLog:
                           "".join(line + "\n" for line in self.loss_lines))
 
 
-def _l2wrap():  # type: ignore[no-untyped-def]
+def _l2wrap() -> Any:
     import torch
 
     class L2Wrap(torch.autograd.Function):
@@ -104,7 +104,7 @@ def _l2wrap():  # type: ignore[no-untyped-def]
     return L2Wrap
 
 
-def train(prof: Profile, data: BinIdx, base_sd: dict, out_dir: Path, epoch_begin: int,
+def train(prof: Profile, data: BinIdx, base_sd: dict[str, Any], out_dir: Path, epoch_begin: int,
           resume_from: Path | None, args_line: str,
           on_checkpoint: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
     """Train epochs epoch_begin..epoch_count-1; return metrics. Writes checkpoints and logs."""
@@ -187,10 +187,14 @@ def train(prof: Profile, data: BinIdx, base_sd: dict, out_dir: Path, epoch_begin
             log.step(record)  # t_cost is iterations/s, as RWKV-PEFT writes it
             loss_sum += step_loss
             steps += 1
-            progress.maybe(lambda el, e=epoch, s=opt_step, ls=step_loss: (
-                f"epoch {e}/{t.epoch_count - 1} step {s + 1}/{per_epoch} loss {ls:.4f} "
-                f"tokens/s {steps * tokens_per_step / max(el, 1e-9):.0f} "
-                f"ETA {eta(steps, todo, el)}"), force=steps == 1)
+
+            def line(el: float, e: int = epoch, s: int = opt_step, ls: float = step_loss,
+                     n: int = steps) -> str:
+                return (f"epoch {e}/{t.epoch_count - 1} step {s + 1}/{per_epoch} loss {ls:.4f} "
+                        f"tokens/s {n * tokens_per_step / max(el, 1e-9):.0f} "
+                        f"ETA {eta(n, todo, el)}")
+
+            progress.maybe(line, force=steps == 1)
             if time.monotonic() - flushed >= 5.0:
                 log.flush_steps()
                 flushed = time.monotonic()
