@@ -50,8 +50,10 @@ STAMP="$VENV/.peftflow-install"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   say "installing the pinned project into $VENV (first time: a few minutes)"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+  PIPLOG="$VENV/pip-install.log"
+  { "$VENV/bin/python" -m pip install --upgrade pip \
+      && "$VENV/bin/python" -m pip install -e "$ROOT[test]"; } >"$PIPLOG" 2>&1 \
+    || { tail -n 30 "$PIPLOG" >&2; die "pip install failed (full log: $PIPLOG)"; }
   echo "$WANT" > "$STAMP"
 else
   say "pinned project already installed"
