@@ -14,6 +14,7 @@ import contextlib
 import enum
 import errno
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -63,7 +64,7 @@ _SECRET_ASSIGN = re.compile(r"(?i)\b(password|passwd|token|secret|api[_-]?key)(\
 
 def is_secret_key(key: str) -> bool:
     words = [w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])", key) if w]
-    pairs = set(zip(words, words[1:], strict=False))
+    pairs = set(itertools.pairwise(words))
     return bool(_SECRET_WORDS.intersection(words) or _SECRET_PAIRS & pairs
                 or key.lower().replace("-", "_") in {"api_key", "apikey"})
 

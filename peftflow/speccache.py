@@ -8,6 +8,7 @@ atomically; a lost update just means one more validation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -63,10 +64,9 @@ class SpecCache:
     def save(self) -> None:
         if not self.dirty:
             return
-        try:
+        # A read-only home only costs the next parse a validation.
+        with contextlib.suppress(OSError):
             atomic.write_json(self.path, {"version": __version__, "entries": self.entries})
-        except OSError:
-            pass  # a read-only home only costs the next parse a validation
         self.dirty = False
 
 

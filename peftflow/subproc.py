@@ -56,10 +56,8 @@ class Child:
                 self._kill_group(signal.SIGKILL)  # stragglers of a finished leader
                 return
             self._kill_group(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
             self._kill_group(signal.SIGKILL)
 
     def _kill_group(self, sig: signal.Signals) -> None:

@@ -186,7 +186,8 @@ def run_gate(op: Any, context: Any) -> dict[str, Any]:
         verdict.verify()
     except (PeftflowError, KeyError) as exc:
         _event(run, "gate_blocked", outcome="blocked", details={"error": str(exc)})
-        raise AirflowFailException(f"release blocked: the gate cannot read its inputs: {exc}")
+        raise AirflowFailException(
+            f"release blocked: the gate cannot read its inputs: {exc}") from exc
     override = None
     if run.params.get("override_gate"):
         override = gate.Override(allowed_by_spec=spec.gate.allow_override, actor=run.actor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -30,10 +31,8 @@ def cached_sha256(path: Path) -> str:
     except (OSError, ValueError, AttributeError):
         pass
     digest = sha256_file(path)
-    try:
+    with contextlib.suppress(OSError, PeftflowError):  # read-only models: a rehash next time
         atomic.write_json(sidecar, {**key, "sha256": digest})
-    except (OSError, PeftflowError):
-        pass  # a read-only models folder only costs a rehash next time
     return digest
 
 
