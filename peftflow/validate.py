@@ -220,7 +220,7 @@ class _Checker:
 
 
 def _cron_ok(expr: str) -> bool:
-    from croniter import croniter  # type: ignore[import-untyped]  # Airflow's cron parser; no stubs
+    from croniter import croniter  # Airflow's own cron parser
 
     if expr.startswith("@"):
         return expr in {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually",
