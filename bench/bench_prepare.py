@@ -65,7 +65,7 @@ def reference(jsonl: str, prefix: str) -> None:
     sizes: list[int] = []
     with open(jsonl, encoding="utf-8") as src, open(f"{prefix}.bin", "wb") as bin_out:
         for line in src:
-            ids = tok.encode(json.loads(line)["text"]) + [0]
+            ids = [*tok.encode(json.loads(line)["text"]), 0]
             bin_out.write(np.array(ids, dtype=np.uint16).tobytes())
             sizes.append(len(ids))
     pointers, offset = [], 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import subprocess
@@ -34,7 +35,7 @@ def test_appended_events_chain_and_verify_clean(tmp_path: Path) -> None:
     written = _fill(log)
     assert [e["seq"] for e in written] == [1, 2, 3, 4, 5]
     assert written[0]["prev_hash"] == "0" * 64
-    assert all(b["prev_hash"] == a["hash"] for a, b in zip(written, written[1:], strict=False))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(written))
     assert audit.verify(log) == []
     assert list(audit.events(log)) == written
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_each_dag_has_the_stage_chain_pools_and_retries_of_its_spec(  # type: ig
     for spec in specs:
         dag = project_bag.dags[spec.dag_id]
         assert sorted(dag.task_dict) == sorted(TASK_ORDER)
-        for upstream, downstream in zip(TASK_ORDER, TASK_ORDER[1:], strict=False):
+        for upstream, downstream in itertools.pairwise(TASK_ORDER):
             assert dag.task_dict[downstream].upstream_task_ids == {upstream}
         for stage in STAGES:
             task = dag.task_dict[stage.value]

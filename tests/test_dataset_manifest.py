@@ -1,4 +1,4 @@
-"""Dataset manifests: register writes one immutable record per version and never touches the data."""
+"""Dataset manifests: register writes one immutable record per version, never touching the data."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=ROOT, check=False)
 
 
-def test_register_writes_the_manifest_beside_the_data_and_leaves_the_data_alone(tmp_path: Path) -> None:
+def test_register_writes_the_manifest_beside_the_data_and_leaves_the_data_alone(
+        tmp_path: Path) -> None:
     data = _jsonl(tmp_path / "train.jsonl", ["one", "two", "three"])
     before = _snapshot(data)
     path, created = register_dataset(data, "docs", "v1", source="unit test", notes="three lines")
@@ -121,7 +122,8 @@ def test_load_manifest_points_at_the_line_of_a_schema_problem(tmp_path: Path) ->
     doc = json.loads(path.read_text())
     doc["files"][0]["sha256"] = "xyz"
     path.write_text(json.dumps(doc, indent=2))
-    with pytest.raises(SpecError, match=r"train\.manifest\.json:12:17: \$\.files\[0\]\.sha256: 'xyz'"):
+    with pytest.raises(SpecError,
+                       match=r"train\.manifest\.json:12:17: \$\.files\[0\]\.sha256: 'xyz'"):
         load_manifest(path)
     path.write_text('{"name": "docs",\n  "version": }')
     with pytest.raises(SpecError, match=r":2:14: \$: not valid JSON"):
@@ -132,7 +134,8 @@ def test_verify_names_the_changed_file_and_the_fix(tmp_path: Path) -> None:
     data = _jsonl(tmp_path / "train.jsonl", ["one"])
     path, _ = register_dataset(data, "docs", "v1")
     data.write_text(data.read_text().replace("one", "uno"), encoding="utf-8")
-    with pytest.raises(IntegrityError, match=r"sha256 .* does not match .* register the new content"):
+    with pytest.raises(IntegrityError,
+                       match=r"sha256 .* does not match .* register the new content"):
         load_manifest(path).verify()
     data.write_bytes(b"")
     with pytest.raises(IntegrityError, match=r"is empty \(0 bytes\) but manifest"):
@@ -163,4 +166,5 @@ def test_make_smoke_writes_the_corpus_where_asked(tmp_path: Path) -> None:
     result = _cli("make-smoke", "--train", str(tmp_path / "t.jsonl"),
                   "--held-out", str(tmp_path / "h.jsonl"))
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "t.jsonl").read_bytes() == (ROOT / "data/smoke/pydoc-docs/v1/train.jsonl").read_bytes()
+    assert (tmp_path / "t.jsonl").read_bytes() == \
+        (ROOT / "data/smoke/pydoc-docs/v1/train.jsonl").read_bytes()

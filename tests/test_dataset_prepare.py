@@ -30,7 +30,8 @@ TEXTS = [
 
 def _jsonl(path: Path, texts: list[str], extra: dict[str, object] | None = None) -> Path:
     rows = [{"text": t, **(extra or {})} for t in texts]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
     return path
 
 

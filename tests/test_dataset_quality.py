@@ -45,7 +45,8 @@ def _prepare(tmp_path: Path, lines: list[bytes], *args: str) -> tuple[int, dict[
     manifest, _ = register_dataset(data, "unit", "v1")
     out = tmp_path / "out"
     code = common.run(prepare.main, ["--manifest", str(manifest), "--out", str(out), *args])
-    quality = json.loads((out / "quality.json").read_text()) if (out / "quality.json").exists() else {}
+    report = out / "quality.json"
+    quality = json.loads(report.read_text()) if report.exists() else {}
     return code, quality, out
 
 
@@ -62,7 +63,8 @@ def _assert_failed(code: int, quality: dict[str, Any], out: Path) -> None:
 
 
 def test_clean_data_passes_every_rule(tmp_path: Path) -> None:
-    code, quality, out = _prepare(tmp_path, _records(_texts(8)), "--profile", str(_profile(tmp_path)))
+    code, quality, out = _prepare(tmp_path, _records(_texts(8)), "--profile",
+                                  str(_profile(tmp_path)))
     assert code == 0 and quality["verdict"] == "pass" and quality["reasons"] == []
     assert {r["rule"]: r["outcome"] for r in quality["rules"]} == {
         "json_object": "pass", "text_field": "pass", "utf8": "pass", "nul_bytes": "pass",
@@ -118,7 +120,8 @@ def test_one_more_invalid_record_than_tolerated_fails(tmp_path: Path) -> None:
     lines[0], lines[4] = b"{", b'{"text": ""}'
     code, quality, out = _prepare(tmp_path, lines, "--max-invalid-records", "1")
     _assert_failed(code, quality, out)
-    assert "2 invalid records in all, max_invalid_records is 1" in _rule(quality, "json_object")["message"]
+    assert "2 invalid records in all, max_invalid_records is 1" in \
+        _rule(quality, "json_object")["message"]
 
 
 def test_duplicates_above_the_threshold_fail_and_cite_both_lines(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The fast World tokenizer is token-identical to the reference rwkv.rwkv_tokenizer.TRIE_TOKENIZER."""
+"""Fast World tokenizer: token-identical to the reference rwkv.rwkv_tokenizer.TRIE_TOKENIZER."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ SAMPLES = {
     "english": "The quick brown fox jumps over the lazy dog. It's 3:45 p.m.; isn't it?\n",
     "chinese": "我们在训练一个语言模型。人工智能正在改变世界，数据质量非常重要！",
     "russian": "Съешь же ещё этих мягких французских булок, да выпей чаю. Ёжик в тумане.",
-    "code": 'def f(x: int) -> int:\n\t"""Square."""\n    return x ** 2  # comment\r\n{"a": [1, 2]}\n',
+    "code": ('def f(x: int) -> int:\n\t"""Square."""\n    return x ** 2  # comment\r\n'
+             '{"a": [1, 2]}\n'),
     "emoji": "Ship it 🚀🔥 family 👨‍👩‍👧‍👦 flags 🇺🇦🇯🇵 skin 👍🏽 keycap 1️⃣ zwj 🏳️‍🌈",
     "mixed": "Ünïcödé — “quotes” … ½ ∑ ≠ ∞ 日本語 한국어 العربية עברית हिन्दी ไทย",
     "whitespace": "  leading\n\n\n\ttabs   and   spaces  \r\n trailing   ",
@@ -26,7 +27,8 @@ SAMPLES = {
 
 
 def _lambada_sample() -> list[str]:
-    path = SHARED_LAMBADA if SHARED_LAMBADA.exists() else ROOT / "configs/eval/data/lambada_test.jsonl"
+    local = ROOT / "configs/eval/data/lambada_test.jsonl"
+    path = SHARED_LAMBADA if SHARED_LAMBADA.exists() else local
     with open(path, encoding="utf-8") as handle:
         texts = [json.loads(line)["text"] for line in handle]
     return texts[::10]  # 516 passages spread over the set

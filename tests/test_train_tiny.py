@@ -106,7 +106,7 @@ def test_cpu_forward_equals_the_rwkv_package_with_and_without_an_adapter(
     # A non-zero adapter (LoRA B and the ln tensors changed), merged by hand for `rwkv`.
     model.train_parts(("ln",))
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
         adapted = model(torch.tensor([TOKENS]))[0]
