@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +78,42 @@ def airflow_db() -> Iterator[None]:
 
     Pool.create_or_update_pool("gpu", 1, "single GPU", include_deferred=False)
     yield
+
+
+@pytest.fixture(scope="session")
+def smoke_binidx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke corpus as binidx: reference World tokenizer, EOD (0) after each document."""
+    import json
+
+    import numpy as np
+    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
+
+    from peftflow.dataset import binidx, tokenizer
+
+    encoder = TRIE_TOKENIZER(str(tokenizer.vocab_path()))
+    docs = []
+    corpus = ROOT / "data" / "smoke" / "pydoc-docs" / "v1" / "train.jsonl"
+    for line in corpus.read_text(encoding="utf-8").splitlines():
+        text = json.loads(line)["text"]
+        if text:
+            docs.append(np.array([*encoder.encode(text), 0], dtype=np.uint16))
+    prefix = tmp_path_factory.mktemp("smoke-data") / "train_text_document"
+    binidx.write(prefix, docs)
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, smoke_binidx: Path,
+              smoke_base_model: Path) -> tuple[subprocess.CompletedProcess[str], Path, float]:
+    """The smoke profile trained once per session with the real script: (result, out, seconds).
+
+    Shared by the training and evaluation tests; treat `out` as read-only.
+    """
+    out = tmp_path_factory.mktemp("smoke-run")
+    script = ROOT / "scripts" / "train_adapter.sh"
+    t0 = time.monotonic()
+    profile = ROOT / "configs" / "profiles" / "smoke_cpu.yaml"
+    result = subprocess.run([str(script), "--profile", str(profile), "--data-prefix",
+                             str(smoke_binidx), "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    return result, out, time.monotonic() - t0

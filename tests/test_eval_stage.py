@@ -212,21 +212,11 @@ def test_check_suite_command_reports_documents_and_hash_mismatches(
 # --- the smoke adapter, trained for real with the cpu-reference backend ------------------------
 
 @pytest.fixture(scope="module")
-def smoke_adapter(models_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Prepare the smoke dataset and train the smoke LoRA adapter once for this module."""
-    work = tmp_path_factory.mktemp("smoke-train")
-    env = {**os.environ, "PEFTFLOW_MODELS_ROOT": str(models_root)}
-    manifest = ROOT / "data" / "smoke" / "pydoc-docs" / "v1" / "train.manifest.json"
-    for cmd in (
-        ["scripts/prepare_dataset.sh", "--manifest", str(manifest), "--out",
-         str(work / "prepare"), "--profile", str(SMOKE)],
-        ["scripts/train_adapter.sh", "--profile", str(SMOKE), "--data-prefix",
-         str(work / "prepare" / "train_text_document"), "--out", str(work / "train")],
-    ):
-        done = subprocess.run([str(ROOT / cmd[0]), *cmd[1:]], env=env, capture_output=True,
-                              text=True, timeout=900, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return Path(status.outputs_of(status.read(work / "train"))["adapter"].path)
+def smoke_adapter(smoke_run: tuple[subprocess.CompletedProcess[str], Path, float]) -> Path:
+    """The smoke LoRA adapter, trained for real once per session (tests/conftest.py)."""
+    result, out, _ = smoke_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(status.outputs_of(status.read(out))["adapter"].path)
 
 
 @pytest.fixture(scope="module")

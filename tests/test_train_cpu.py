@@ -24,38 +24,11 @@ SMOKE = ROOT / "configs" / "profiles" / "smoke_cpu.yaml"
 TRAIN_JSONL = ROOT / "data" / "smoke" / "pydoc-docs" / "v1" / "train.jsonl"
 
 
-@pytest.fixture(scope="module")
-def smoke_binidx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke corpus as binidx: reference World tokenizer, EOD (0) after each document."""
-    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
-
-    from peftflow.dataset import binidx, tokenizer
-
-    encoder = TRIE_TOKENIZER(str(tokenizer.vocab_path()))
-    docs = []
-    for line in TRAIN_JSONL.read_text(encoding="utf-8").splitlines():
-        text = json.loads(line)["text"]
-        if text:
-            docs.append(np.array([*encoder.encode(text), 0], dtype=np.uint16))
-    prefix = tmp_path_factory.mktemp("smoke-data") / "train_text_document"
-    binidx.write(prefix, docs)
-    return prefix
-
-
 def train(profile: Path, prefix: Path, out: Path, *extra: str,
           timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(SCRIPT), "--profile", str(profile), "--data-prefix", str(prefix),
                            "--out", str(out), *extra], capture_output=True, text=True,
                           timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory, smoke_binidx: Path,
-              smoke_base_model: Path) -> tuple[subprocess.CompletedProcess, Path, float]:
-    out = tmp_path_factory.mktemp("smoke-run")
-    t0 = time.monotonic()
-    result = train(SMOKE, smoke_binidx, out)
-    return result, out, time.monotonic() - t0
 
 
 def small_profile(tmp_path: Path, base: Path) -> Path:
