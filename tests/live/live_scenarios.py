@@ -1,0 +1,186 @@
+"""The specs, datasets and scripts each live test needs, written before the services start
+(so one `airflow dags reserialize` registers every DAG at once). Invalid specs are written
+only by the test about them (write_rejected): under Airflow 3.3 one invalid spec marks every
+DAG of the loader file stale (see test_live_bad_input.py).
+
+Specs are copies of dag_specs/rwkv7_smoke_cpu.yaml with another dag_id, profile or dataset.
+Profiles live in tests/fixtures/live/profiles/. Everything else is written under the
+deployment's temp root, which PEFTFLOW_ALLOWED_ROOTS admits.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = "tests/fixtures/live/profiles"
+TINY = f"{PROFILES}/tiny_cpu.yaml"  # 5 steps x 1 epoch
+FAULT = f"{PROFILES}/fault_cpu.yaml"  # 3 epochs of 10 steps, a checkpoint after each
+RETRAIN_PROFILE = f"{PROFILES}/retrain_cpu.yaml"
+SMOKE_DATA = ROOT / "data/smoke/pydoc-docs/v1/train.jsonl"
+PWNED = Path(tempfile.gettempdir()) / "PWNED_peftflow_live"  # the brief's classic marker
+
+SMOKE = "live_smoke"
+LOAD = "live_load"
+KILL_TRAIN = "live_kill_train"
+KILL_SCHEDULER = "live_kill_scheduler"
+NO_ARTIFACT = "live_no_artifact"
+DISK_FULL = "live_disk_full"
+BAD_LINES = "live_bad_lines"
+HASH_MISMATCH = "live_hash_mismatch"
+TOO_FEW = "live_too_few"
+TOO_FEW_STATIC = "live_too_few_static"  # rejected when parsed (see write_rejected)
+INJECTION = "live_injection"
+INJECTION_ALL = "live_injection_all"  # rejected when parsed (hostile dag_id and all)
+RETRAIN = "live_retrain"
+BACKFILL = "live_backfill"
+RETRAIN_DATASET = "live-docs"
+# Unpausing a cron DAG with catchup off starts its latest run at once: the backfill test
+# unpauses it itself.
+PAUSED_AT_START = (BACKFILL,)
+
+
+def docs(start: int, count: int) -> list[str]:
+    lines = SMOKE_DATA.read_text(encoding="utf-8").splitlines()
+    return lines[start:start + count]
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def register(path: Path, name: str, version: str) -> Path:
+    from peftflow.dataset.manifest import register_dataset
+
+    manifest, _ = register_dataset(path, name, version, source="tests/live")
+    return Path(manifest)
+
+
+def hostile(markers: Path, field: str) -> str:
+    """Every shell trick we know, each one aimed at creating its own marker file."""
+    m = {k: shlex.quote(str(markers / f"{field}-{k}")) for k in ("sub", "semi", "tick", "and")}
+    return (f"x $(touch {m['sub']}) ; touch {m['semi']} `touch {m['tick']}` && touch "
+            f"{m['and']} | tee {PWNED} ${{IFS}}$((1+1)) \"'")
+
+
+def _spec(dag_id: str, profile: str = TINY, **changes: Any) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "dag_specs/rwkv7_smoke_cpu.yaml").read_text())
+    doc.update({"dag_id": dag_id, "training_profile": profile,
+                "description": f"tests/live scenario {dag_id}", "tags": ["live-test"]})
+    doc.update(changes)
+    return dict(doc)
+
+
+def _write(folder: Path, doc: dict[str, Any]) -> None:
+    name = doc["dag_id"] if doc["dag_id"].isidentifier() else "hostile"
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _scripts(root: Path) -> Path:
+    """A copy of scripts/ whose prepare_dataset.sh, for DAG live_no_artifact only, exits 0
+    without writing anything (every other DAG runs the real stage)."""
+    scripts = root / "scripts"
+    shutil.copytree(ROOT / "scripts", scripts)
+    real = shlex.quote(str(ROOT / "scripts" / "prepare_dataset.sh"))
+    (scripts / "prepare_dataset.sh").write_text(
+        "#!/usr/bin/env bash\n"
+        "# Test double (tests/live): succeeds without its artifact for one DAG.\n"
+        "set -euo pipefail\n"
+        f'if [[ "${{PEFTFLOW_DAG_ID:-}}" == "{NO_ARTIFACT}" ]]; then\n'
+        '  echo "prepare_dataset (test double): exiting 0 without writing anything"\n'
+        "  exit 0\nfi\n"
+        f'exec {real} "$@"\n')
+    return scripts
+
+
+def write_all(root: Path, kind: str) -> list[str]:
+    """Write the scenario files of a deployment; the DAG ids that must exist."""
+    specs = root / "project" / "dag_specs"
+    built = [SMOKE]
+    smoke = _spec(SMOKE, profile="configs/profiles/smoke_cpu.yaml",
+                  description="Copy of the smoke spec (tests/live).")
+    _write(specs, smoke)
+    if kind != "sqlite":
+        return built
+    data, markers = root / "data", root / "markers"
+    markers.mkdir()
+    _scripts(root)
+    # Bad input: malformed lines; data edited after registration; too few documents.
+    good = docs(0, 60)
+    bad = [*good[:20], '{"text": "unterminated', "not json at all", '{"topic": "no text"}',
+           *good[20:]]
+    bad_manifest = register(write_jsonl(data / "bad-lines/v1/train.jsonl", bad),
+                            "live-bad-lines", "v1")
+    edited = write_jsonl(data / "edited/v1/train.jsonl", good)
+    edited_manifest = register(edited, "live-edited", "v1")
+    text = edited.read_text(encoding="utf-8")
+    i = text.index("the ")
+    edited.write_text(text[:i] + "The " + text[i + 4:], encoding="utf-8")  # same size
+    few_manifest = register(write_jsonl(data / "few/v1/train.jsonl", docs(0, 5)),
+                            "live-few", "v1")
+    retrain_v1 = register(write_jsonl(data / f"{RETRAIN_DATASET}/v1/train.jsonl",
+                                      docs(0, 120)), RETRAIN_DATASET, "v1")
+    # Shell injection: every free-text field of a spec and a profile carries it.
+    inject_profile = yaml.safe_load((ROOT / TINY).read_text())
+    inject_profile.update({"name": "live-inject-cpu",
+                           "description": hostile(markers, "profile-description")})
+    (root / "inject_profile.yaml").write_text(yaml.safe_dump(inject_profile))
+    docs_by_id = [
+        _spec(LOAD, max_active_runs=5),
+        _spec(KILL_TRAIN, profile=FAULT),
+        _spec(KILL_SCHEDULER, profile=FAULT),
+        _spec(NO_ARTIFACT),
+        _spec(DISK_FULL),
+        _spec(BAD_LINES, dataset={"manifest": str(bad_manifest)}),
+        _spec(HASH_MISMATCH, dataset={"manifest": str(edited_manifest)}),
+        _spec(TOO_FEW, trigger={"note_max_length": 500,
+                                "allowed_manifests": [str(few_manifest)]}),
+        _spec(INJECTION, profile=str(root / "inject_profile.yaml"),
+              description=hostile(markers, "description")),
+        _spec(RETRAIN, profile=RETRAIN_PROFILE, kind="retrain_on_new_dataset",
+              dataset={"name": RETRAIN_DATASET, "manifest": str(retrain_v1)},
+              gate={**smoke["gate"], "compare_to_release": {"tolerance": 0.01}},
+              max_active_runs=1),
+        _spec(BACKFILL, schedule={"enabled": True, "cron": "0 3 * * *", "timezone": "UTC",
+                                  "catchup": False}),
+    ]
+    for doc in docs_by_id:
+        _write(specs, doc)
+        built.append(doc["dag_id"])
+    return built
+
+
+def write_rejected(root: Path) -> list[Path]:
+    """Two specs the loader must refuse: too few documents, and hostile text everywhere."""
+    specs = root / "project" / "dag_specs"
+    few = root / "data/few/v1/train.manifest.json"
+    _write(specs, _spec(TOO_FEW_STATIC, dataset={"manifest": str(few)}))
+    _write(specs, hostile_spec(root / "markers"))
+    return [specs / f"{TOO_FEW_STATIC}.yaml", specs / "hostile.yaml"]
+
+
+def hostile_spec(markers: Path) -> dict[str, Any]:
+    """A spec with a shell-injection attempt in every string field: it must be rejected."""
+    def h(field: str) -> str:
+        return hostile(markers, field)
+
+    return _spec(
+        f"{INJECTION_ALL}$(touch {markers}/dag_id)", profile=f"x$(touch {markers}/p).yaml",
+        description=h("description"), owner=h("owner"), tags=[h("tag")],
+        dataset={"manifest": f"data/`touch {markers}/manifest`.manifest.json",
+                 "name": h("dataset-name")},
+        eval_suites=[f"configs/eval/;touch {markers}/suite;.yaml"],
+        schedule={"enabled": True, "cron": f"0 3 * * * ; touch {markers}/cron",
+                  "timezone": h("timezone")},
+        trigger={"note_max_length": 10,
+                 "allowed_manifests": [f"$(touch {markers}/allowed).manifest.json"]},
+    )
+

@@ -1,0 +1,132 @@
+"""The smoke DAG under the real services, on SQLite and on PostgreSQL: triggered by the CLI
+and by REST, and a trigger with out-of-range params refused before any run exists."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from live_harness import Live
+from live_scenarios import SMOKE
+
+pytestmark = pytest.mark.live
+STAGES = ("prepare_dataset", "train_adapter", "evaluate_adapter", "release_adapter")
+
+
+def _events(live: Live, run_id: str, kind: str) -> list[str]:
+    return [e.get("stage") or e.get("task_id") for e in live.audit_events(run_id)
+            if e["event"] == kind]
+
+
+def test_smoke_dag_triggered_by_the_cli_succeeds_and_releases(
+        deployment: Live, measure: Callable[..., None]) -> None:
+    from peftflow import audit, schemas
+
+    run_id = deployment.trigger_cli(SMOKE, {"note": "live test via CLI"})
+    leaks = _db_password_in_stages(deployment, run_id)
+    took = deployment.wait_for(SMOKE, run_id, "success", timeout=600)
+    assert leaks == [], f"the metadata DB password reached a stage's environment: {leaks}"
+    if deployment.cluster is not None:
+        logs = [p for p in deployment.logs.rglob("*.log")
+                if deployment.cluster.password in p.read_text(errors="replace")]
+        assert logs == [], f"the metadata DB password is in {logs}"
+    manifest = deployment.release_for(SMOKE, run_id)
+    path = manifest.pop("_path")
+    schemas.check(manifest, "release_manifest", path)
+    assert sorted(_events(deployment, run_id, "task_succeeded")) == sorted(STAGES)
+    assert audit.verify(deployment.audit_log) == []
+    tis = deployment.task_instances(SMOKE, run_id)
+    assert {t: ti["try_number"] for t, ti in tis.items()} == dict.fromkeys(tis, 1)
+    durations = {t: round(float(ti["duration"] or 0), 1) for t, ti in tis.items()}
+    measure("smoke run via CLI (s)", deployment.kind, wall=round(took, 1), **durations,
+            release=manifest["version"])
+
+
+def _db_password_in_stages(live: Live, run_id: str) -> list[str]:
+    """While the run goes on, look into every stage process's environment for the DB
+    password (the PostgreSQL URL holds it)."""
+    if live.cluster is None:
+        return []
+    seen: set[int] = set()
+    leaks: list[str] = []
+    last_check = deadline = time.monotonic()
+    deadline += 600
+    while time.monotonic() < deadline:
+        for pid in set(live.stage_pids(run_id)) - seen:
+            seen.add(pid)
+            leaks += live.env_vars_holding(pid, live.cluster.password)
+        if time.monotonic() - last_check > 5:
+            last_check = time.monotonic()
+            if live.run_state(SMOKE, run_id) in ("success", "failed"):
+                break
+        time.sleep(0.5)
+    assert seen, "no stage process of the run was seen"
+    return leaks
+
+
+def _keys(live: Live, run_id: str, kinds: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    return {e["stage"]: (e["event"], e["details"]["cache_key"])
+            for e in live.audit_events(run_id) if e["event"] in kinds and e.get("stage")}
+
+
+def test_smoke_dag_triggered_by_rest_succeeds_and_reuses_finished_stages(
+        deployment: Live, measure: Callable[..., None]) -> None:
+    """After the CLI run, every stage with the same cache key is reused (a key differs only
+    when code or inputs changed in between), and no adapter is released a second time."""
+    from peftflow.release import registry
+
+    earlier = [r for r in deployment.runs(SMOKE) if r["state"] == "success"]
+    before = registry.current_release("smoke-cpu")
+    run_id = deployment.trigger_rest(SMOKE, {"note": "live test via REST"})
+    took = deployment.wait_for(SMOKE, run_id, "success", timeout=600)
+    reused = []
+    if earlier:
+        old = _keys(deployment, earlier[-1]["dag_run_id"], ("task_succeeded", "task_reused"))
+        new = _keys(deployment, run_id, ("task_started", "task_reused"))
+        for stage in STAGES[:3]:
+            event, key = new[stage]
+            if event == "task_reused":
+                reused.append(stage)
+            else:
+                assert key != old[stage][1], f"{stage} ran again with an unchanged cache key"
+                print(f"{stage}: ran again, its code or inputs changed since the CLI run")
+        after = registry.current_release("smoke-cpu")
+        if len(reused) == 3:
+            assert before is not None and after is not None and after.version == before.version
+    measure("smoke run via REST (s)", deployment.kind, wall=round(took, 1),
+            reused=",".join(reused) or "none")
+
+
+BAD_CONF: list[tuple[str, dict[str, Any]]] = [
+    ("note longer than note_max_length", {"note": "x" * 501}),
+    ("training_profile not in the enum",
+     {"training_profile": "configs/profiles/rwkv7_1b5_lora.yaml"}),
+    ("dataset_manifest not in the enum", {"dataset_manifest": "../../etc/passwd"}),
+    ("force_rerun not a boolean", {"force_rerun": "yes please"}),
+]
+
+
+def test_out_of_range_params_are_rejected_and_no_run_is_created(
+        deployment: Live, measure: Callable[..., None]) -> None:
+    from peftflow.airflow_api import ApiError
+
+    before = {r["dag_run_id"] for r in deployment.runs(SMOKE)}
+    answers = {}
+    for why, conf in BAD_CONF:
+        with pytest.raises(ApiError) as refused:
+            deployment.trigger_rest(SMOKE, conf)
+        assert refused.value.status == 400, (why, str(refused.value))
+        answers[why] = str(refused.value)[:160]
+    for why, conf in BAD_CONF[:2]:
+        done = deployment.airflow("dags", "trigger", SMOKE, "--conf", json.dumps(conf),
+                                  check=False)
+        assert done.returncode != 0, (why, done.stdout, done.stderr)
+        assert "param" in (done.stdout + done.stderr).lower(), (why, done.stderr[-2000:])
+    assert {r["dag_run_id"] for r in deployment.runs(SMOKE)} == before
+    for why, text in answers.items():
+        print(f"REST refused ({why}): {text}")
+    measure("bad params refused", deployment.kind, rest=len(BAD_CONF), cli=2,
+            runs_created=0)
