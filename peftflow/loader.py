@@ -1,19 +1,26 @@
 """Turns dag_specs/ into Airflow DAGs; called by the thin file in dags/.
 
 Policy for broken specs: a spec that fails validation never hides the other DAGs and is
-never silent. Its problems (the same lines `peftflow validate` prints) become an Airflow
-import error of the loader file, visible in the UI and in `airflow dags list-import-errors`,
-and are logged by the dag-processor; every valid spec still becomes its DAG.
+never silent. It becomes a clearly marked placeholder DAG `invalid_spec__<file>` (tag
+`invalid-spec`, paused, its problems, the same lines `peftflow validate` prints, in the
+description and docs; triggering it fails with them), and the problems are logged by the
+dag-processor. Every valid spec still becomes its DAG. Not an import error on purpose: Airflow
+3 marks every DAG of a file with an import error stale, which would stop the valid ones too.
+An import error is used only when no training DAG may exist at all (mlops-lite active, or an
+unreadable orchestration config).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
+
+import pendulum
 
 from peftflow import expand, orchestration, speccache, validate
 from peftflow.errors import PeftflowError, Problem, SpecError
@@ -21,7 +28,8 @@ from peftflow.spec import GPU_POOL, GPU_STAGES
 
 log = logging.getLogger("peftflow.loader")
 
-REPORT_DAG_ID = "peftflow_invalid_specs"
+REPORT_DAG_ID = "peftflow_not_loaded"
+INVALID_PREFIX = "invalid_spec__"
 
 
 def _dag_class() -> type:
@@ -99,11 +107,43 @@ def load(spec_dir: Path, globals_dict: MutableMapping[str, Any]) -> list[str]:
                                     "one GPU; GPU stages must use pool gpu"))
             continue
         built.append(spec.dag_id)
-    if problems:
-        for problem in problems:
-            log.error("invalid spec: %s", problem)
-        globals_dict["peftflow_report"] = _report(problems)
+    by_file: dict[str, list[Problem]] = {}
+    for problem in problems:
+        log.error("invalid spec: %s", problem)
+        by_file.setdefault(problem.file, []).append(problem)
+    for file, found in by_file.items():
+        placeholder = _invalid_spec_dag(file, found, set(globals_dict))
+        globals_dict[placeholder.dag_id] = placeholder
     return built
+
+
+def _invalid_spec_dag(file: str, problems: list[Problem], taken: set[str]) -> Any:
+    from airflow.sdk import DAG
+
+    from operators.invalid_spec import InvalidSpecOperator
+
+    stem = re.sub(r"[^a-z0-9_]", "_", Path(file).stem.lower()) or "spec"
+    dag_id, n = f"{INVALID_PREFIX}{stem}", 1
+    while dag_id in taken:
+        n += 1
+        dag_id = f"{INVALID_PREFIX}{stem}_{n}"
+    text = "\n".join(str(p) for p in problems)
+    dag = DAG(
+        dag_id=dag_id,
+        dag_display_name=f"INVALID SPEC {file}",
+        description=f"INVALID SPEC {file}: {problems[0].path}: {problems[0].message}"[:1000],
+        doc_md=(f"# Invalid spec `{file}`\n\nNo training DAG was built from this file. "
+                f"Fix these problems (`peftflow validate` prints the same):\n\n```\n{text}"
+                "\n```\n"),
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        is_paused_upon_creation=True,
+        tags=["peftflow", "invalid-spec"],
+    )
+    InvalidSpecOperator(task_id="spec_problems", spec_file=file, problems=text, retries=0,
+                        dag=dag)
+    return dag
 
 
 def _gpu_tasks_outside_pool(dag: Any) -> list[str]:

@@ -88,24 +88,45 @@ def _copy_project_dags(tmp_path: Path, project_root: Path) -> tuple[Path, Path]:
 
 def test_broken_spec_does_not_hide_other_dags(tmp_path: Path, project_root: Path,
                                                specs: list[Spec]) -> None:
+    """No import error (Airflow 3 would mark every DAG of the loader file stale): a marked DAG."""
     dags, spec_dir = _copy_project_dags(tmp_path, project_root)
     (spec_dir / "zz_broken.yaml").write_text("dag_id: zz_broken\nowner: [oops\n")
     bag = _bag(dags)
-    assert sorted(bag.dags) == sorted(s.dag_id for s in specs)
-    (message,) = bag.import_errors.values()
-    assert "zz_broken.yaml:" in message and "YAML syntax error" in message
+    assert bag.import_errors == {}
+    valid = sorted(s.dag_id for s in specs)
+    assert sorted(bag.dags) == sorted([*valid, "invalid_spec__zz_broken"])
+    placeholder = bag.dags["invalid_spec__zz_broken"]
+    assert "invalid-spec" in placeholder.tags
+    assert placeholder.description.startswith("INVALID SPEC ")
+    assert "dag_specs/zz_broken.yaml: $: YAML syntax error" in placeholder.description
+    assert "zz_broken.yaml:" in placeholder.doc_md and "YAML syntax error" in placeholder.doc_md
+    assert placeholder.timetable.__class__.__name__ == "NullTimetable"
 
 
-def test_every_broken_spec_is_listed_in_the_import_error(tmp_path: Path,
-                                                         project_root: Path) -> None:
+def test_every_broken_spec_gets_its_own_marked_dag_with_the_cli_lines(
+        tmp_path: Path, project_root: Path) -> None:
     dags, spec_dir = _copy_project_dags(tmp_path, project_root)
     (spec_dir / "a_empty.yaml").write_text("")
     (spec_dir / "b_typo.yaml").write_text(
         (project_root / "tests/fixtures/specs/invalid/unknown_top_level_key.yaml").read_text())
     bag = _bag(dags)
-    (message,) = bag.import_errors.values()
-    assert "a_empty.yaml:1:1: $: the file is empty" in message
-    assert "b_typo.yaml:12:1: $.retires: unknown key 'retires'" in message
+    assert bag.import_errors == {}
+    assert "dag_specs/a_empty.yaml:1:1: $: the file is empty" in \
+        bag.dags["invalid_spec__a_empty"].doc_md
+    assert "dag_specs/b_typo.yaml:12:1: $.retires: unknown key 'retires'" in \
+        bag.dags["invalid_spec__b_typo"].doc_md
+    assert "rwkv7_smoke_cpu" in bag.dags
+
+
+def test_triggering_the_marked_dag_fails_with_the_problems() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from operators.invalid_spec import InvalidSpecOperator
+
+    op = InvalidSpecOperator(task_id="spec_problems", spec_file="dag_specs/x.yaml",
+                             problems="dag_specs/x.yaml:1:1: $: the file is empty")
+    with pytest.raises(AirflowFailException, match="the file is empty"):
+        op.execute({})
 
 
 def test_gpu_stages_always_use_the_gpu_pool_even_if_expansion_is_tampered(  # type: ignore[no-untyped-def]
@@ -123,4 +144,6 @@ def test_gpu_stages_always_use_the_gpu_pool_even_if_expansion_is_tampered(  # ty
     built: dict[str, object] = {}
     loader.load(Path(specs[0].path).parent, built)
     assert specs[0].dag_id not in built
-    assert "outside pool 'gpu'" in str(built["peftflow_report"].peftflow_problems)
+    placeholders = [d for d in built if d.startswith("invalid_spec__")]
+    assert placeholders
+    assert "outside pool 'gpu'" in built[placeholders[0]].doc_md
