@@ -386,8 +386,9 @@ def parse_cli_json(stdout: str) -> Any:
 
 
 def copy_project_files(root: Path) -> None:
-    """The DAG file (unchanged) beside a dag_specs/ folder that the scenarios fill."""
+    """The project's DAG files (unchanged) beside a dag_specs/ folder the scenarios fill."""
     dags = root / "project" / "dags"
     dags.mkdir(parents=True)
     (root / "project" / "dag_specs").mkdir()
-    shutil.copy(ROOT / "dags" / "peftflow_dags.py", dags)
+    for path in (ROOT / "dags").glob("*.py"):
+        shutil.copy(path, dags)

@@ -9,6 +9,7 @@ import json
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from live_harness import Live
@@ -23,6 +24,8 @@ from live_scenarios import (
     hostile,
     write_rejected,
 )
+
+from peftflow.loader import INVALID_PREFIX
 
 pytestmark = [pytest.mark.live,
               pytest.mark.parametrize("deployment", ["sqlite"], indirect=True)]
@@ -145,33 +148,50 @@ def _placeholder_doc(live: Live, spec: Path) -> str:
     return str(details["doc_md"])
 
 
-def test_invalid_specs_are_reported_with_file_line_and_fix_and_execute_nothing(
+def test_invalid_specs_become_marked_placeholders_that_fail_and_execute_nothing(
         deployment: Live, rejected_specs: list[Path], measure: Callable[..., None]) -> None:
-    few_spec, hostile_spec = rejected_specs
-    few, hostile_file = few_spec.name, hostile_spec.name
-    text = _placeholder_doc(deployment, few_spec) + _placeholder_doc(deployment, hostile_spec)
-    assert f"{few}:" in text and "lower epoch_steps" in text, text[-4000:]
+    """Each invalid spec becomes a paused DAG tagged invalid-spec carrying its problems
+    (FILE:LINE:COL: $.path: message); triggered, it fails with them; nothing executes."""
+    live = deployment
+    dags = {d["dag_id"]: d for d in _dags(live)}
+    few, hostile_dag = f"{INVALID_PREFIX}{TOO_FEW_STATIC}", f"{INVALID_PREFIX}hostile"
+    assert TOO_FEW_STATIC not in dags
+    for dag_id in (few, hostile_dag):
+        assert dag_id in dags and dags[dag_id]["is_paused"], sorted(dags)
+        assert "invalid-spec" in {t["name"] for t in dags[dag_id]["tags"]}
+    docs = {d: str(live.api(lambda d=d: live.client._send("GET", f"/api/v2/dags/{d}/details"))
+                   ["doc_md"]) for d in (few, hostile_dag)}
+    assert f"{TOO_FEW_STATIC}.yaml:" in docs[few] and "lower epoch_steps" in docs[few], docs[few]
     for path in ("$.dag_id", "$.owner", "$.tags[0]", "$.training_profile", "$.dataset.name",
                  "$.eval_suites[0]"):
-        assert f"{hostile_file}:" in text and path in text, (path, text[-6000:])
-    validate = deployment.peftflow("validate", str(rejected_specs[1]), check=False)
+        assert "hostile.yaml:" in docs[hostile_dag] and path in docs[hostile_dag], path
+    errors = live.api(lambda: live.client._send("GET", "/api/v2/importErrors"))
+    assert errors["import_errors"] == [], errors  # an import error would stop every DAG
+    live.api(lambda: live.client.unpause(hostile_dag))
+    run_id = live.trigger_rest(hostile_dag, {})
+    took = live.wait_for(hostile_dag, run_id, "failed", timeout=300)
+    log = live.task_log(hostile_dag, run_id, "spec_problems", 1)
+    assert "is not a valid spec" in log and "$.owner" in log, log[-3000:]
+    validate = live.peftflow("validate", str(rejected_specs[1]), check=False)
     assert validate.returncode != 0 and "$.owner" in validate.stdout + validate.stderr
-    _no_markers(deployment)
-    assert TOO_FEW_STATIC not in {d["dag_id"] for d in _dags(deployment)}
-    lines = [line for line in text.splitlines() if hostile_file in line or few in line]
-    print("\n".join(lines[:20]))
-    measure("bad input invalid specs", deployment.kind, problem_lines=len(lines),
-            markers_created=0, outcome="marked invalid_spec__ DAGs with FILE:LINE:COL messages")
+    _no_markers(live)
+    lines = [line for line in docs[hostile_dag].splitlines() if "hostile.yaml:" in line]
+    print("\n".join(lines))
+    measure("bad input invalid specs", live.kind, placeholders=[few, hostile_dag],
+            hostile_problems=len(lines), placeholder_run="failed",
+            placeholder_run_s=round(took, 1), markers_created=0)
 
 
 def test_an_invalid_spec_leaves_the_other_dags_schedulable(
         deployment: Live, rejected_specs: list[Path]) -> None:
-    flags = deployment.db_rows(
-        "SELECT is_stale, has_import_errors FROM dag WHERE dag_id = ?", (SMOKE,))
-    assert [tuple(bool(v) for v in row) for row in flags] == [(False, False)], flags
+    """Airflow 3.3 marks every DAG of a file with an import error stale and untriggerable:
+    the loader must not turn a broken spec into one."""
+    rows = deployment.db_rows("SELECT dag_id, is_stale, has_import_errors FROM dag", ())
+    flags = {d: (bool(s), bool(e)) for d, s, e in rows if d in deployment.dag_ids}
+    assert flags == dict.fromkeys(deployment.dag_ids, (False, False)), flags
 
 
-def _dags(live: Live) -> list[dict[str, object]]:
+def _dags(live: Live) -> list[dict[str, Any]]:
     query = urllib.parse.urlencode({"limit": 100})
     answer = live.api(lambda: live.client._send("GET", f"/api/v2/dags?{query}"))
     return list(answer["dags"])
