@@ -7,7 +7,9 @@ AIRFLOW_HOME. Tokens and passwords are never printed or logged.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import secrets
 import time
 import urllib.error
 import urllib.parse
@@ -84,11 +86,29 @@ class Client:
         self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None,
-                note: str | None = None) -> str:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+                note: str | None = None, attempts: int = 4) -> str:
+        """Create a run; returns its run id.
+
+        The run id is chosen here, so a retry after a transient server error (SQLite answers
+        concurrent writers with "database is locked", which the API reports as a 500) can never
+        create a second run: if the first attempt did go through, the retry gets 409.
+        """
+        stamp = dt.datetime.now(dt.UTC).isoformat()
+        run_id = f"manual__{stamp}_{secrets.token_hex(4)}"
+        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
         if note:
             body["note"] = note
-        return str(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"])
+        for attempt in range(attempts):
+            try:
+                return str(self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                                      body)["dag_run_id"])
+            except ApiError as exc:
+                if exc.status == 409 and attempt > 0:
+                    return run_id  # an earlier attempt created it
+                if exc.status < 500 or attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         quoted = urllib.parse.quote(run_id, safe="")
