@@ -17,7 +17,7 @@ class _Api(BaseHTTPRequestHandler):
     answers: list[tuple[int, dict[str, Any]]] = []
     bodies: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/auth/token":
             self._answer(201, {"access_token": "t"})
