@@ -6,7 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -14,8 +14,8 @@ from peftflow.airflow_api import ApiError, Client
 
 
 class _Api(BaseHTTPRequestHandler):
-    answers: list[tuple[int, dict[str, Any]]] = []
-    bodies: list[dict[str, Any]] = []
+    answers: ClassVar[list[tuple[int, dict[str, Any]]]] = []
+    bodies: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
