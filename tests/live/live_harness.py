@@ -113,6 +113,7 @@ class Live:
     dag_ids: list[str] = field(default_factory=list)
     mounts: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    server_errors: list[str] = field(default_factory=list)
     _client: Any = None
 
     # -- layout -------------------------------------------------------------------------
@@ -184,8 +185,27 @@ class Live:
                             "-o", "json")
         return str(parse_cli_json(done.stdout)[0]["dag_run_id"])
 
-    def trigger_rest(self, dag_id: str, conf: dict[str, Any]) -> str:
-        return str(self.api(lambda: self.client.trigger(dag_id, conf)))
+    def trigger_rest(self, dag_id: str, conf: dict[str, Any], retry_5xx: int = 0) -> str:
+        """POST a run; with retry_5xx, an HTTP 5xx (SQLite busy under load) is retried and
+        recorded in server_errors with the api-server's own error lines."""
+        from peftflow.airflow_api import ApiError
+
+        for attempt in range(retry_5xx + 1):
+            try:
+                return str(self.api(lambda: self.client.trigger(dag_id, conf)))
+            except ApiError as exc:
+                if exc.status < 500 or attempt == retry_5xx:
+                    raise
+                cause = self.log_errors("api-server")
+                self.server_errors.append(f"{exc.status}: {cause.splitlines()[-1:]}")
+                print(f"[live] trigger {dag_id} answered {exc.status}; api-server log:\n{cause}")
+                time.sleep(2)
+        raise AssertionError("unreachable")
+
+    def log_errors(self, service: str, last: int = 12) -> str:
+        lines = (self.logs / f"{service}.log").read_text(errors="replace").splitlines()
+        marks = ("Error", "locked", "Traceback")
+        return "\n".join([line[:600] for line in lines if any(m in line for m in marks)][-last:])
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return str(self.api(lambda: self.client.run(dag_id, run_id))["state"])
