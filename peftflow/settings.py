@@ -100,14 +100,20 @@ def base_env(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
+# Connection URIs, variables, the metadata DB URL and API credentials: never for a stage.
+_SECRET_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
+_SECRET_NAMES = frozenset({"PEFTFLOW_DB_URL", "PEFTFLOW_API_PASSWORD", "PEFTFLOW_API_USER"})
+
+
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     """Environment of a stage process: ours plus `extra`, without Airflow's own settings.
 
-    AIRFLOW__* variables can carry the metadata DB URL with its password; stages never need
-    them, so they are not passed on (and so can never reach a stage log).
+    AIRFLOW__* variables can carry the metadata DB URL with its password, AIRFLOW_CONN_* and
+    AIRFLOW_VAR_* connections and variables; stages never need them or our DB URL and API
+    credentials, so none is passed on (and none can reach a stage log).
     """
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AIRFLOW__") and k not in ("AIRFLOW_CONN", "AIRFLOW_VAR")}
+           if not k.startswith(_SECRET_PREFIXES) and k not in _SECRET_NAMES}
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
     return env

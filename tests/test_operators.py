@@ -204,3 +204,14 @@ def _capture(errors: list[BaseException], fn: Any, *args: Any) -> None:
         fn(*args)
     except BaseException as exc:
         errors.append(exc)
+
+
+def test_stage_environment_carries_no_airflow_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftflow import settings
+
+    for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_WAREHOUSE",
+                 "AIRFLOW_VAR_TOKEN", "PEFTFLOW_DB_URL", "PEFTFLOW_API_PASSWORD"):
+        monkeypatch.setenv(name, "postgresql://u:secret@h/db")
+    env = settings.child_env({"PEFTFLOW_RUN_ID": "r"})
+    assert "secret" not in " ".join(env.values())
+    assert env["PEFTFLOW_RUN_ID"] == "r"
