@@ -211,7 +211,7 @@ def test_stage_environment_carries_no_airflow_secrets(monkeypatch: pytest.Monkey
 
     for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_WAREHOUSE",
                  "AIRFLOW_VAR_TOKEN", "PEFTFLOW_DB_URL", "PEFTFLOW_API_PASSWORD"):
-        monkeypatch.setenv(name, "postgresql://u:secret@h/db")
+        monkeypatch.setenv(name, "postgresql://u:S3cr3tPW@h/db")
     env = settings.child_env({"PEFTFLOW_RUN_ID": "r"})
-    assert "secret" not in " ".join(env.values())
+    assert "S3cr3tPW" not in " ".join(env.values())
     assert env["PEFTFLOW_RUN_ID"] == "r"
