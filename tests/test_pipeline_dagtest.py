@@ -5,12 +5,12 @@ release. (Pools need the real scheduler: see test_live_*.)"""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_dag_bundle, run_dag_test
 
 pytestmark = pytest.mark.slow
 
@@ -22,30 +22,18 @@ STAGE_TASKS = ["prepare_dataset", "train_adapter", "evaluate_adapter"]
 def dag_folder(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> Iterator[Path]:
     """A DAG folder whose specs are the smoke spec and a twin with an unreachable gate."""
     root = tmp_path_factory.mktemp("pipeline")
-    (root / "dags").mkdir()
-    (root / "dag_specs").mkdir()
-    shutil.copy(project_root / "dags" / "peftflow_dags.py", root / "dags")
     smoke = (project_root / "dag_specs" / "rwkv7_smoke_cpu.yaml").read_text()
-    (root / "dag_specs" / "pipe_ok.yaml").write_text(
-        smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: pipe_ok"))
-    (root / "dag_specs" / "pipe_blocked.yaml").write_text(
-        smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: pipe_blocked")
-        .replace("min_loss_improvement: 0.01", "min_loss_improvement: 0.99"))
-    # dag.test() serialises the DAG from its configured bundle: make this folder that bundle.
-    patch = pytest.MonkeyPatch()
-    patch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
-        "name": BUNDLE, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-        "kwargs": {"path": str(root / "dags"), "refresh_interval": 0}}]))
+    patch = make_dag_bundle(root, {
+        "pipe_ok.yaml": smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: pipe_ok"),
+        "pipe_blocked.yaml": smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: pipe_blocked")
+        .replace("min_loss_improvement: 0.01", "min_loss_improvement: 0.99"),
+    }, BUNDLE)
     yield root / "dags"
     patch.undo()
 
 
 def _run(dag_folder: Path, dag_id: str, conf: dict[str, Any] | None = None) -> Any:
-    from airflow.dag_processing.dagbag import BundleDagBag
-
-    bag = BundleDagBag(str(dag_folder), bundle_path=str(dag_folder), bundle_name=BUNDLE)
-    assert bag.import_errors == {}
-    return bag.dags[dag_id].test(logical_date=None, run_conf=conf or {})
+    return run_dag_test(dag_folder, BUNDLE, dag_id, conf or {})
 
 
 def _states(run: Any) -> dict[str, str]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_dag_bundle, run_dag_test
 
 pytestmark = pytest.mark.slow
 BUNDLE = "retrain-tests"
@@ -17,32 +16,21 @@ BUNDLE = "retrain-tests"
 @pytest.fixture(scope="module")
 def dag_folder(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("retrain")
-    (root / "dags").mkdir()
-    (root / "dag_specs").mkdir()
-    shutil.copy(project_root / "dags" / "peftflow_dags.py", root / "dags")
     smoke = (project_root / "dag_specs" / "rwkv7_smoke_cpu.yaml").read_text()
     retrain = (project_root / "dag_specs" / "rwkv7_smoke_retrain.yaml").read_text()
-    (root / "dag_specs" / "first.yaml").write_text(
-        smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: retrain_first"))
-    (root / "dag_specs" / "weak.yaml").write_text(
-        retrain.replace("dag_id: rwkv7_smoke_retrain", "dag_id: retrain_weak")
+    patch = make_dag_bundle(root, {
+        "first.yaml": smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: retrain_first"),
+        "weak.yaml": retrain.replace("dag_id: rwkv7_smoke_retrain", "dag_id: retrain_weak")
         .replace("configs/profiles/smoke_cpu.yaml", "tests/fixtures/profiles/smoke_weak.yaml")
-        .replace("min_loss_improvement: 0.01", "min_loss_improvement: 0.0"))
-    patch = pytest.MonkeyPatch()
+        .replace("min_loss_improvement: 0.01", "min_loss_improvement: 0.0"),
+    }, BUNDLE)
     patch.setenv("PEFTFLOW_RELEASES_ROOT", str(root / "releases"))
-    patch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
-        "name": BUNDLE, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-        "kwargs": {"path": str(root / "dags"), "refresh_interval": 0}}]))
     yield root / "dags"
     patch.undo()
 
 
 def _run(dag_folder: Path, dag_id: str) -> Any:
-    from airflow.dag_processing.dagbag import BundleDagBag
-
-    bag = BundleDagBag(str(dag_folder), bundle_path=str(dag_folder), bundle_name=BUNDLE)
-    assert bag.import_errors == {}
-    return bag.dags[dag_id].test(logical_date=None, run_conf={"note": "retrain test"})
+    return run_dag_test(dag_folder, BUNDLE, dag_id, {"note": "retrain test"})
 
 
 def test_retrain_adapter_worse_than_the_release_is_blocked_with_the_comparison(
