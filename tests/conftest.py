@@ -117,32 +117,3 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, smoke_binidx: Path,
                              str(smoke_binidx), "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     return result, out, time.monotonic() - t0
-
-
-def make_dag_bundle(root: Path, specs: dict[str, str], bundle: str) -> pytest.MonkeyPatch:
-    """A DAG folder (the loader file + `specs`, name -> YAML text) that dag.test() can use.
-
-    dag.test() serialises the DAG from its configured bundle, so this folder becomes the only
-    bundle; undo the returned patch to restore the configuration.
-    """
-    import json
-
-    (root / "dags").mkdir()
-    (root / "dag_specs").mkdir()
-    shutil.copy(ROOT / "dags" / "peftflow_dags.py", root / "dags")
-    for name, text in specs.items():
-        (root / "dag_specs" / name).write_text(text)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
-        "name": bundle, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-        "kwargs": {"path": str(root / "dags"), "refresh_interval": 0}}]))
-    return patch
-
-
-def run_dag_test(dag_folder: Path, bundle: str, dag_id: str, conf: dict[str, object]) -> object:
-    """dag.test(logical_date=None) of one DAG of a bundle made by make_dag_bundle."""
-    from airflow.dag_processing.dagbag import BundleDagBag
-
-    bag = BundleDagBag(str(dag_folder), bundle_path=str(dag_folder), bundle_name=bundle)
-    assert bag.import_errors == {}
-    return bag.dags[dag_id].test(logical_date=None, run_conf=conf)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_dag_bundle, run_dag_test
+from dagtest_support import make_dag_bundle, run_dag_test
 
 pytestmark = pytest.mark.slow
 BUNDLE = "retrain-tests"
