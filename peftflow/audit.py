@@ -51,6 +51,7 @@ class EventKind(enum.StrEnum):
     DATASET_REGISTERED = "dataset_registered"
     PROFILE_SWITCHED = "profile_switched"
     TRIGGER_RECEIVED = "trigger_received"
+    ORPHAN_STOPPED = "orphan_stopped"
 
 
 # Keys whose values are never written. Split on separators and camelCase first, so that

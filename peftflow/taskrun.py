@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from peftflow import (
     audit,
     cache,
+    lease,
     orchestration,
     plan,
     profile,
@@ -21,7 +22,7 @@ from peftflow import (
 from peftflow.errors import IntegrityError, PeftflowError
 from peftflow.exitcodes import ExitCode, classify
 from peftflow.spec import STAGES, Spec, Stage
-from peftflow.subproc import Child
+from peftflow.subproc import TERM_GRACE_S, Child
 
 GATE_TASK = "release_gate"
 REQUIRED_OUTPUTS = {
@@ -123,8 +124,15 @@ def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePl
     op.log.info("running %s", the_plan.argv)
     env = settings.child_env({"PEFTFLOW_DAG_ID": run.dag_id, "PEFTFLOW_RUN_ID": run.run_id,
                               "PEFTFLOW_TRY_NUMBER": str(run.try_number)})
+    orphan = lease.reclaim(the_plan.out_dir, grace_s=TERM_GRACE_S)
+    if orphan is not None:  # an earlier try whose watcher died is still running here
+        op.log.warning("stopped process group %d of try %d, still running in %s",
+                       orphan.pid, orphan.try_number, the_plan.out_dir)
+        _event(run, "orphan_stopped", stage=stage.value, outcome="stopped",
+               details={"pid": orphan.pid, "try_number": orphan.try_number})
     child = Child(the_plan.argv, env, settings.get().project_root)
     op._child = child
+    lease.write(the_plan.out_dir, child.pid, run.try_number)
     try:
         finished = child.wait(on_line=lambda line: op.log.info("%s", line))
     except BaseException:
@@ -133,6 +141,7 @@ def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePl
         raise
     finally:
         op._child = None
+        lease.clear(the_plan.out_dir)
     code = classify(finished.returncode)
     if code is not ExitCode.OK:
         tail = "\n".join(finished.tail[-8:])

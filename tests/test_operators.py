@@ -215,3 +215,32 @@ def test_stage_environment_carries_no_airflow_secrets(monkeypatch: pytest.Monkey
     env = settings.child_env({"PEFTFLOW_RUN_ID": "r"})
     assert "S3cr3tPW" not in " ".join(env.values())
     assert env["PEFTFLOW_RUN_ID"] == "r"
+
+
+def test_a_retry_stops_the_stage_an_earlier_try_left_running(
+        fake_scripts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Try 1's watcher died (worker lost) but its stage runs on: try 2 stops it first."""
+    import subprocess
+
+    from peftflow import audit, lease
+
+    monkeypatch.setenv("FAKE_MODE", "exit1")
+    with pytest.raises(AirflowException):
+        _operator().execute(_context("manual__orphan"))
+    (out_dir,) = (fake_scripts / "artifacts").rglob("prepare_dataset")
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                              start_new_session=True)
+    try:
+        lease.write(out_dir, orphan.pid, try_number=1)
+        monkeypatch.setenv("FAKE_MODE", "ok")
+        context = _context("manual__orphan")
+        context["ti"].try_number = 2
+        assert _operator().execute(context)["reused"] is False
+        assert orphan.wait(timeout=10) < 0
+        assert not (out_dir / lease.LEASE_FILE).exists()
+    finally:
+        orphan.kill()
+    events = list(audit.events(fake_scripts / "audit.jsonl"))
+    stopped = [e for e in events if e["event"] == "orphan_stopped"]
+    assert len(stopped) == 1 and stopped[0]["details"] == {"pid": orphan.pid, "try_number": 1}
+    assert audit.verify(fake_scripts / "audit.jsonl") == []
