@@ -77,6 +77,11 @@ def test_clean_data_passes_every_rule(tmp_path: Path) -> None:
     ("json_object", b'{"text": "unterminated}', "not valid JSON"),
     ("json_object", b'["text", "a list"]', "a JSON array, not an object"),
     ("json_object", b"   ", "blank line"),
+    # Lines that would be valid inside a JSON array: a clean chunk is decoded as one array,
+    # so these must still be caught one by one.
+    ("json_object", b'{"text": "one"}, {"text": "two"}', "not valid JSON"),
+    ("json_object", b'{"text": "trailing comma"},', "not valid JSON"),
+    ("json_object", b"", "blank line"),
     ("text_field", b'{"body": "wrong key"}', "no 'text' key (keys: 'body')"),
     ("text_field", b'{"text": 42}', "'text' is a JSON number, not a string"),
     ("text_field", b'{"text": " \\n\\t "}', "'text' is empty or only whitespace"),

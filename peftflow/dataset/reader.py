@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -121,11 +121,12 @@ class ChunkResult:
 
 
 @functools.lru_cache(maxsize=8)
-def _decoder(text_field: str) -> msgspec.json.Decoder[Any]:
+def _decoder(text_field: str, batch: bool = False) -> msgspec.json.Decoder[Any]:
+    """Decodes a record (or, with `batch`, an array of records) reading only `text_field`."""
     record = msgspec.defstruct(
         "Record", [("value", str)], rename={"value": text_field}, forbid_unknown_fields=False
     )
-    return msgspec.json.Decoder(record)
+    return msgspec.json.Decoder(list[record] if batch else record)  # type: ignore[valid-type]
 
 
 def scan_span(span: Span, text_field: str, ctx_len: int | None, keep: int) -> ChunkResult:
@@ -133,20 +134,29 @@ def scan_span(span: Span, text_field: str, ctx_len: int | None, keep: int) -> Ch
     return scan_chunk(span.load(), text_field, ctx_len, keep)
 
 
-def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) -> ChunkResult:
-    """Validate and tokenise every line of a chunk."""
+def _valid_texts(lines: list[bytes], text_field: str) -> list[str] | None:
+    """Every line's text when all lines are valid records (one decode call), else None.
+
+    The lines are decoded as one JSON array; a line holding two objects, or none, changes
+    the count or breaks the syntax, so a count match means one object per line."""
+    try:
+        records = _decoder(text_field, batch=True).decode(b"[" + b",".join(lines) + b"]")
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if len(records) != len(lines):
+        return None
+    texts = [record.value for record in records]
+    if not all(texts) or any(map(str.isspace, texts)) or any("\x00" in t for t in texts):
+        return None
+    return texts
+
+
+def _checked_texts(chunk: Chunk, lines: list[bytes], text_field: str, keep: int,
+                   invalid: dict[str, Hits]) -> tuple[list[str], list[int]]:
+    """The valid lines' texts and line numbers; invalid lines are counted in `invalid`."""
     decode = _decoder(text_field).decode
-    encode = tokenizer.fast().encode
-    blake2b = hashlib.blake2b
-    lines = chunk.data.split(b"\n")
-    if not chunk.unterminated:
-        lines.pop()  # the empty piece after the final newline
-    invalid = {rule: Hits() for rule in RECORD_RULES}
-    over_ctx = Hits()
-    documents: list[list[int]] = []
-    sizes: list[int] = []
+    texts: list[str] = []
     numbers: list[int] = []
-    digests = bytearray()
     last = len(lines) - 1
     for i, raw in enumerate(lines):
         number = chunk.first_line + i
@@ -160,17 +170,38 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
                 invalid[rule].add(number, detail, keep)
                 continue
         assert text is not None
-        digests += blake2b(text.encode("utf-8"), digest_size=16).digest()
-        ids = encode(text)
-        ids.append(tokenizer.EOD)
-        documents.append(ids)
-        sizes.append(len(ids))
+        texts.append(text)
         numbers.append(number)
-    size_array = np.array(sizes, dtype=np.int32)
+    return texts, numbers
+
+
+def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) -> ChunkResult:
+    """Validate and tokenise every line of a chunk."""
+    lines = chunk.data.split(b"\n")
+    if not chunk.unterminated:
+        lines.pop()  # the empty piece after the final newline
+    invalid = {rule: Hits() for rule in RECORD_RULES}
+    over_ctx = Hits()
+    # Almost every chunk is clean: one decode for all of it; line by line only to find culprits.
+    texts = _valid_texts(lines, text_field)
+    numbers: Sequence[int]
+    if texts is None:
+        texts, numbers = _checked_texts(chunk, lines, text_field, keep, invalid)
+    else:
+        numbers = range(chunk.first_line, chunk.first_line + len(lines))
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts])
+    # One encode per text, not encode_batch: that one runs a rayon thread pool, which a
+    # forked worker inherits without its threads (a hang) and which would oversubscribe cores.
+    encode = tokenizer.fast().encode
+    documents = [encode(text) for text in texts]
+    size_array = np.fromiter(map(len, documents), dtype=np.int32, count=len(documents)) + 1
+    for ids in documents:
+        ids.append(tokenizer.EOD)
     if ctx_len is not None:  # text tokens = size - 1 (the EOD)
         longer = np.flatnonzero(size_array > ctx_len + 1)
         over_ctx.count = int(longer.size)
-        over_ctx.examples = [(numbers[i], f"{sizes[i] - 1} tokens") for i in longer[:keep]]
+        over_ctx.examples = [(numbers[i], f"{size_array[i] - 1} tokens") for i in longer[:keep]]
     return ChunkResult(
         records=len(lines),
         nbytes=len(chunk.data),
@@ -178,7 +209,7 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
                            count=int(size_array.sum())),
         sizes=size_array,
         lines=np.array(numbers, dtype=np.uint64),
-        digests=np.frombuffer(bytes(digests), dtype="<u8").reshape(-1, 2),
+        digests=np.frombuffer(digests, dtype="<u8").reshape(-1, 2),
         invalid=invalid,
         over_ctx=over_ctx,
     )
