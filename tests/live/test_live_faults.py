@@ -109,8 +109,12 @@ def test_scheduler_killed_mid_run_and_restarted_finishes_the_run_without_repeati
         assert tries[task] == 1, tries
         assert started[task] == 1, started
     release = live.release_for(KILL_SCHEDULER, run_id)
+    # A stage that outlived its watcher is stopped by the retry (lease), never left running.
+    stopped = [e for e in live.audit_events(run_id) if e["event"] == "orphan_stopped"]
+    assert not live.stage_pids(run_id)
+    assert all(e["stage"] == "train_adapter" for e in stopped), stopped
     measure("fault scheduler kill -9 + restart", live.kind, finished_before_kill=finished,
-            tries=tries, task_started_events=started,
+            tries=tries, task_started_events=started, orphan_stopped_events=len(stopped),
             stage_orphan_lived_s=orphan_lived if not orphans else f">{SCHEDULER_DOWN_S}",
             scheduler_down_s=round(restarted_at - killed_at, 1),
             restart_to_success_s=round(took, 1), release=release["version"], outcome="success")
