@@ -38,7 +38,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-# 1. Virtual environment with the pinned project; reinstalled only when pyproject.toml changes.
+# 1. Virtual environment with the pinned project; reinstalled only when pyproject.toml,
+#    setup.py or the C tokenizer's source changes (the install compiles it).
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)' \
@@ -47,7 +48,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.peftflow-install"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/peftflow/dataset/*.c | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   say "installing the pinned project into $VENV (first time: a few minutes)"
   PIPLOG="$VENV/pip-install.log"

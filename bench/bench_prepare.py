@@ -4,12 +4,13 @@ Builds a JSONL of at least --mb MB from shipped text (LAMBADA passages paired wi
 documentation paragraphs, every pair distinct, shuffled), registers it, then runs in one go:
   - the project's stage, `scripts/prepare_dataset.sh`, at that size and at twice that size;
   - the reference path at that size: per line json.loads, TRIE_TOKENIZER.encode, + EOD,
-    one numpy array per document written to .bin, sizes kept in a list, then the .idx.
+    one numpy array per document written to .bin, sizes kept in a list, then the .idx;
+  - with --with-rust, the stage once more with the Rust fallback tokenizer.
 Each run is a child process; its wall time, throughput and peak memory (peak summed RSS of
 its process tree, sampled from /proc every 50 ms, and the largest single process's
 ru_maxrss), CPU time and MB per CPU-second are printed, and the two outputs are compared byte for byte.
 
-    .venv/bin/python bench/bench_prepare.py [--mb 50] [--workers N] [--keep DIR]
+    .venv/bin/python bench/bench_prepare.py [--mb 50] [--workers N] [--keep DIR] [--with-rust]
 """
 
 from __future__ import annotations
@@ -98,13 +99,14 @@ def compare_tokenizers(jsonl: Path, megabytes: float = 2.0) -> None:
     expected = [ref.encode(t) for t in texts]
     ref_rate = size / 1e6 / (time.process_time() - t0)
     print(f"TRIE_TOKENIZER (reference): {ref_rate:.2f} MB/s (CPU time) on {size / 1e6:.1f} MB")
-    for package in ("pyrwkv_tokenizer", "rwkv_tokenizer"):
+    for package in ("peftflow.dataset._worldtok", "pyrwkv_tokenizer", "rwkv_tokenizer"):
         try:
             module = importlib.import_module(package)
         except ModuleNotFoundError:
             print(f"{package}: not installed")
             continue
-        tok = module.WorldTokenizer(str(tokenizer.vocab_path()))
+        make = getattr(module, "Tokenizer", None) or module.WorldTokenizer
+        tok = make(str(tokenizer.vocab_path()))
         same = [tok.encode(t) for t in texts] == expected
         rates = []
         for _ in range(3):
@@ -136,14 +138,14 @@ def _tree_pss(pid: int) -> int:
     return total
 
 
-def measured(argv: list[str]) -> dict[str, float]:
+def measured(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Run argv in a fresh wrapper process: wall time, CPU time, peak tree PSS, ru_maxrss."""
     wrapper = ("import resource,subprocess,sys;r=subprocess.run(sys.argv[1:]).returncode;"
                "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
                "print(u.ru_maxrss,u.ru_utime+u.ru_stime);sys.exit(r)")
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", wrapper, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     peak = [0]
 
     def poll() -> None:
@@ -181,7 +183,9 @@ def main() -> int:
     ap.add_argument("--keep", help="build in this folder and keep it")
     ap.add_argument("--skip-reference", action="store_true", help="only run the stage")
     ap.add_argument("--compare-tokenizers", action="store_true",
-                    help="also time pyrwkv-tokenizer against rwkv-tokenizer")
+                    help="also time the tokenizers alone (CPU MB/s on 2 MB)")
+    ap.add_argument("--with-rust", action="store_true",
+                    help="also run the stage with PEFTFLOW_TOKENIZER=rust (the fallback)")
     ap.add_argument("--reference", nargs=2, metavar=("JSONL", "PREFIX"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
@@ -212,6 +216,14 @@ def main() -> int:
         print(_line(label, run), flush=True)
         if label == "stage" and args.compare_tokenizers:
             compare_tokenizers(jsonl)
+        if label == "stage" and args.with_rust:  # the stage on a machine without a C compiler
+            rust = measured([str(ROOT / "scripts/prepare_dataset.sh"), "--manifest",
+                             str(manifest), "--out", str(folder / "out_rust"),
+                             "--max-duplicate-fraction", "1", "--workers", str(args.workers)],
+                            env={"PEFTFLOW_TOKENIZER": "rust"})
+            rust.update(mb=size / 1e6, docs=docs, mb_s=size / 1e6 / rust["wall_s"])
+            results["stage_rust"] = rust
+            print(_line("stage_rust", rust), flush=True)
         if label == "stage" and not args.skip_reference:
             prefix = folder / "reference_text_document"
             ref = measured([sys.executable, __file__, "--reference", str(jsonl), str(prefix)])
@@ -231,6 +243,9 @@ def main() -> int:
         ref = results["reference"]
         print(f"ratio stage/reference: {one['mb_s'] / ref['mb_s']:.1f}x wall-clock throughput "
               f"(target >= 10x); {ref['cpu_s'] / one['cpu_s']:.1f}x less CPU time")
+    if "stage_rust" in results:
+        print(f"ratio stage/stage with the Rust tokenizer: "
+              f"{one['mb_s'] / results['stage_rust']['mb_s']:.1f}x wall-clock throughput")
     print(f"stage peak PSS {one['tree_pss_mb']:.0f} MB at {one['mb']:.0f} MB vs "
           f"{two['tree_pss_mb']:.0f} MB at {two['mb']:.0f} MB of input")
     print(json.dumps(results, indent=1))

@@ -32,6 +32,7 @@ class Settings:
     api_port: int
     parallelism: int  # LocalExecutor worker processes
     scripts_dir: Path  # the stage entry points scripts/<stage>.sh
+    tokenizer: str  # PEFTFLOW_TOKENIZER: auto | native | rust (see dataset/tokenizer.py)
 
 
 
@@ -81,6 +82,7 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
         api_port=int(os.environ.get("PEFTFLOW_API_PORT", "8080")),
         parallelism=int(os.environ.get("PEFTFLOW_PARALLELISM",
                                        str(min(4, max(2, os.cpu_count() or 2))))),
+        tokenizer=os.environ.get("PEFTFLOW_TOKENIZER", "auto").strip().lower() or "auto",
     )
 
 

@@ -80,7 +80,7 @@ def test_status_lists_bin_idx_quality_and_the_data_prefix(tmp_path: Path) -> Non
     assert (m["dataset_name"], m["dataset_version"], m["verdict"]) == ("unit", "v7", "pass")
     assert m["documents"] == m["records"] == 6 and m["invalid_records"] == 0
     assert m["tokens"] == sum(len(tokenizer.reference().encode(t)) + 1 for t in TEXTS)
-    assert doc["tools"]["pyrwkv-tokenizer"] == "0.9.1" and "throughput_mb_s" in m
+    assert doc["tools"]["tokenizer"] == tokenizer.NATIVE and "throughput_mb_s" in m
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
@@ -193,20 +193,48 @@ def test_parallel_workers_write_the_same_bytes_as_one_process(tmp_path: Path) ->
     assert outputs[0] == outputs[1]
 
 
+def test_the_rust_fallback_tokenizer_writes_the_same_binidx_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _jsonl(tmp_path / "train.jsonl", [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(300)])
+    manifest, _ = register_dataset(data, "unit", "v1")
+    files = {}
+    for choice in ("native", "rust"):
+        monkeypatch.setenv("PEFTFLOW_TOKENIZER", choice)
+        out = tmp_path / choice
+        assert _run(manifest, out, "--workers", "1") == 0
+        files[choice] = [(out / f"train_text_document{s}").read_bytes() for s in (".bin", ".idx")]
+        tools = status.read(out)["tools"]
+        assert tools["tokenizer"] == (tokenizer.NATIVE if choice == "native"
+                                      else tokenizer.FAST_PACKAGE)
+    assert files["native"] == files["rust"]
+    assert status.read(tmp_path / "rust")["tools"]["pyrwkv-tokenizer"] == "0.9.1"
+
+
+def test_an_unknown_tokenizer_choice_is_a_config_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    data = _jsonl(tmp_path / "train.jsonl", TEXTS)
+    manifest, _ = register_dataset(data, "unit", "v1")
+    monkeypatch.setenv("PEFTFLOW_TOKENIZER", "fastest")
+    assert _run(manifest, tmp_path / "out") == 2
+    assert "PEFTFLOW_TOKENIZER='fastest': use one of auto, native, rust" in capsys.readouterr().err
+
+
 def test_sigterm_leaves_no_binidx_and_no_temp_files(tmp_path: Path) -> None:
     line = json.dumps({"text": "A sentence of ordinary English text, repeated. " * 40})
     data = tmp_path / "big.jsonl"
     with open(data, "w", encoding="utf-8") as handle:
-        for i in range(6000):  # about 12 MB: several seconds of work on 2 cores
-            handle.write(line[:-1] + f' {i}"}}\n')
+        for i in range(25000):  # about 48 MB: over a second of work for one worker
+            handle.write(line[:-2] + f' {i}"}}\n')
     manifest, _ = register_dataset(data, "unit", "v1")
     out = tmp_path / "out"
-    proc = subprocess.Popen([str(SCRIPT), "--manifest", str(manifest), "--out", str(out)],
+    proc = subprocess.Popen([str(SCRIPT), "--manifest", str(manifest), "--out", str(out),
+                             "--workers", "1"],
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 30
     while not list(out.glob(".tmp-*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
+    time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGTERM)  # what Airflow's on_kill does to the task's group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

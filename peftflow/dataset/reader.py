@@ -14,7 +14,6 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import msgspec
@@ -191,13 +190,7 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
         numbers = range(chunk.first_line, chunk.first_line + len(lines))
     blake2b = hashlib.blake2b
     digests = b"".join([blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts])
-    # One encode per text, not encode_batch: that one runs a rayon thread pool, which a
-    # forked worker inherits without its threads (a hang) and which would oversubscribe cores.
-    encode = tokenizer.fast().encode
-    documents = [encode(text) for text in texts]
-    size_array = np.fromiter(map(len, documents), dtype=np.int32, count=len(documents)) + 1
-    for ids in documents:
-        ids.append(tokenizer.EOD)
+    tokens, size_array = tokenizer.encode_documents(texts)
     if ctx_len is not None:  # text tokens = size - 1 (the EOD)
         longer = np.flatnonzero(size_array > ctx_len + 1)
         over_ctx.count = int(longer.size)
@@ -205,8 +198,7 @@ def scan_chunk(chunk: Chunk, text_field: str, ctx_len: int | None, keep: int) ->
     return ChunkResult(
         records=len(lines),
         nbytes=len(chunk.data),
-        tokens=np.fromiter(chain.from_iterable(documents), dtype=np.uint16,
-                           count=int(size_array.sum())),
+        tokens=tokens,
         sizes=size_array,
         lines=np.array(numbers, dtype=np.uint64),
         digests=np.frombuffer(digests, dtype="<u8").reshape(-1, 2),
