@@ -1,4 +1,4 @@
-"""Spec validation: JSON Schema first, then the checks a schema cannot express.
+"""Spec validation: JSON Schema, then the checks a schema cannot express, reported together.
 
 Every problem is reported as FILE:LINE:COL: $.yaml.path: message, with the fix where known.
 Runtime resources that only exist on the training machine (base-model weights, the
@@ -79,22 +79,39 @@ class _Checker:
             return None
         return resolved
 
-    def run(self) -> None:
-        d = self.data
-        prof_path = self.ref("$.training_profile", d["training_profile"], "the training profile",
-                             "create it under configs/profiles/ or fix the path")
-        prof = self._profile("$.training_profile", prof_path) if prof_path else None
-        manifest_path = self.ref("$.dataset.manifest", d["dataset"]["manifest"],
-                                 "the dataset manifest",
-                                 "register the data with `peftflow dataset register FILE.jsonl "
-                                 "--name N --version V`")
-        manifest = self._manifest("$.dataset.manifest", manifest_path) if manifest_path else None
-        self._suites()
-        self._trigger_refs()
-        self._schedule()
-        self._retries()
-        self._consistency(prof, manifest)
-        self._orchestration()
+    def run(self, lenient: bool = False) -> None:
+        """Every check; `lenient` (the document broke its schema) skips a check that meets a
+        missing or mistyped value, so the user still sees all the other problems at once."""
+
+        def step(check: Any, *args: Any) -> Any:
+            if not lenient:
+                return check(*args)
+            try:
+                return check(*args)
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+                return None  # that part is already reported by the schema
+
+        prof = step(self._training_profile)
+        manifest = step(self._dataset_manifest)
+        step(self._suites)
+        step(self._trigger_refs)
+        step(self._schedule)
+        step(self._retries)
+        step(self._consistency, prof, manifest)
+        step(self._orchestration)
+
+    def _training_profile(self) -> profile.Profile | None:
+        resolved = self.ref("$.training_profile", self.data["training_profile"],
+                            "the training profile",
+                            "create it under configs/profiles/ or fix the path")
+        return self._profile("$.training_profile", resolved) if resolved else None
+
+    def _dataset_manifest(self) -> dict[str, Any] | None:
+        resolved = self.ref("$.dataset.manifest", self.data["dataset"]["manifest"],
+                            "the dataset manifest",
+                            "register the data with `peftflow dataset register FILE.jsonl "
+                            "--name N --version V`")
+        return self._manifest("$.dataset.manifest", resolved) if resolved else None
 
     def _profile(self, path: str, resolved: Path) -> profile.Profile | None:
         cached = self.ctx.profiles.get(resolved)
@@ -272,14 +289,25 @@ def load_spec(path: Path, ctx: _Context | None = None,
         kind = type(marked.data).__name__
         raise SpecError([Problem(shown, *marked.locate("$"), "$", f"the document is a {kind}, "
                                  "not a mapping; a spec is a mapping of keys such as dag_id")])
-    schemas.check(marked, "dag_spec", shown)
+    schema_problems = schemas.problems(marked, "dag_spec", shown)
     checker = _Checker(marked, shown, ctx)
-    checker.run()
-    if checker.problems:
-        raise SpecError(checker.problems)
+    checker.run(lenient=bool(schema_problems))
+    found = schema_problems + [p for p in checker.problems
+                               if not any(_related(p.path, s.path) for s in schema_problems)]
+    # (a missing top-level key is reported at "$", which relates only to itself)
+    if found:
+        raise SpecError(found)
     if cache is not None:
         cache.put(path, digest, checker.deps, marked.data)
     return spec.from_data(marked.data, path.resolve(), digest)
+
+
+def _related(a: str, b: str) -> bool:
+    """One YAML path is the other or lies inside it: a check repeating a schema problem."""
+    def inside(x: str, y: str) -> bool:
+        return x == y or (y != "$" and x.startswith(y) and x[len(y)] in ".[")
+
+    return inside(a, b) or inside(b, a)
 
 
 def spec_files(paths: Iterable[Path]) -> list[Path]:

@@ -82,3 +82,32 @@ def test_retrain_spec_always_compares_with_the_current_release() -> None:
     spec = validate.load_spec(FIXTURES / "valid" / "retrain.yaml")
     assert spec.kind is SpecKind.RETRAIN
     assert spec.gate.compare_to_release and spec.gate.release_tolerance == 0.02
+
+
+def test_schema_and_semantic_problems_are_reported_together(tmp_path: Path) -> None:
+    """One run of `validate` shows everything: a schema error does not hide a missing file."""
+    text = (FIXTURES / "valid" / "cron_full.yaml").read_text()
+    text = text.replace("min_loss_improvement: 0.02", "min_loss_improvement: -0.5")  # schema
+    text = text.replace("configs/profiles/smoke_cpu.yaml\n", "configs/profiles/nope.yaml\n", 1)
+    text = text.replace('cron: "30 2 * * 1-5"', 'cron: "30 25 * * 1-5"')  # semantic
+    spec_file = tmp_path / "both.yaml"
+    spec_file.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        validate.load_spec(spec_file)
+    paths = [p.path for p in caught.value.problems]
+    assert paths == ["$.gate.domain.min_loss_improvement", "$.training_profile",
+                     "$.schedule.cron"], caught.value
+
+
+def test_a_check_that_repeats_a_schema_problem_is_left_out(tmp_path: Path) -> None:
+    text = (FIXTURES / "valid" / "cron_full.yaml").read_text()
+    text = text.replace("orchestration_profile: airflow", "orchestration_profile: kubernetes")
+    text = text.replace("training_profile: configs/profiles/smoke_cpu.yaml",
+                        "training_profile: 42")
+    spec_file = tmp_path / "typed.yaml"
+    spec_file.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        validate.load_spec(spec_file)
+    problems = caught.value.problems
+    assert [p.path for p in problems] == ["$.orchestration_profile", "$.training_profile"]
+    assert "is not one of" in problems[0].message and "is not of type" in problems[1].message
