@@ -29,6 +29,9 @@ STAGE_CODE = {
 }
 
 
+CODE_SUFFIXES = (".py", ".c")
+
+
 @dataclass(frozen=True)
 class StagePlan:
     stage: Stage
@@ -53,7 +56,9 @@ def code_version(stage: Stage) -> str:
     paths = [settings.get().scripts_dir / SCRIPTS[stage], root / "peftflow/stages/common.py"]
     for rel in STAGE_CODE[stage]:
         target = root / rel
-        paths.extend(sorted(target.rglob("*.py")) if target.is_dir() else [target])
+        # .c too: the C tokenizer decides prepare_dataset's token ids
+        paths.extend(sorted(p for p in target.rglob("*") if p.suffix in CODE_SUFFIXES)
+                     if target.is_dir() else [target])
     for path in paths:
         if path.is_file():
             digest.update(path.name.encode())
