@@ -18,6 +18,7 @@ from peftflow.stages import common
 # Modules that contribute subcommands, each with register(subparsers) -> None.
 AREAS = (
     "peftflow.spec_cli",
+    "peftflow.plan_cli",
     "peftflow.dataset.cli",
     "peftflow.train.cli",
     "peftflow.evaluate.cli",

@@ -89,6 +89,19 @@ def effective_manifest_path(spec: Spec, run: RunInfo) -> Path:
     return validate.resolve_ref(chosen)
 
 
+def record(doc: dict[str, Any], status_path: Path, key: str, reused: bool) -> dict[str, Any]:
+    """The XCom a stage hands downstream: where its outputs are and their hashes."""
+    return {
+        "stage": doc["stage"],
+        "status_path": str(status_path),
+        "outputs": {o["name"]: {"path": o["path"], "sha256": o["sha256"], "bytes": o["bytes"]}
+                    for o in doc["outputs"]},
+        "metrics": doc.get("metrics", {}),
+        "cache_key": key,
+        "reused": reused,
+    }
+
+
 def upstream_outputs(record: dict[str, Any] | None, stage: Stage) -> dict[str, FileRef]:
     if not record or "outputs" not in record:
         raise IntegrityError(f"no record from upstream stage {stage.value}; it did not succeed "

@@ -44,19 +44,6 @@ def _refs(refs: dict[str, Any]) -> list[dict[str, str]]:
             for n, r in refs.items()]
 
 
-def _record(doc: dict[str, Any], status_path: Path, key: str, reused: bool) -> dict[str, Any]:
-    """The XCom a stage hands downstream: where its outputs are and their hashes."""
-    return {
-        "stage": doc["stage"],
-        "status_path": str(status_path),
-        "outputs": {o["name"]: {"path": o["path"], "sha256": o["sha256"], "bytes": o["bytes"]}
-                    for o in doc["outputs"]},
-        "metrics": doc.get("metrics", {}),
-        "cache_key": key,
-        "reused": reused,
-    }
-
-
 def _load(spec_file: str, run: runinfo.RunInfo, what: str) -> Spec:
     try:
         orchestration.require_airflow_active(what)
@@ -110,7 +97,7 @@ def run_stage(op: Any, context: Any) -> dict[str, Any]:
         _event(run, "task_reused", stage=stage.value, outcome="reused",
                inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(earlier)),
                details={"cache_key": key, "status_path": earlier["_status_path"]})
-        return _record(earlier, Path(earlier["_status_path"]), key, reused=True)
+        return plan.record(earlier, Path(earlier["_status_path"]), key, reused=True)
     if forced:
         op.log.info("force_rerun is set: not reusing earlier results")
     return _execute(op, stage, run, the_plan, key)
@@ -162,7 +149,7 @@ def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePl
     _event(run, "task_succeeded", stage=stage.value, outcome="success",
            inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(doc)),
            duration_s=doc.get("duration_s"), details={"cache_key": key})
-    return _record(doc, status_path, key, reused=False)
+    return plan.record(doc, status_path, key, reused=False)
 
 
 def check_outputs(stage: Stage, out_dir: Path) -> dict[str, Any]:

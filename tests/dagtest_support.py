@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -39,3 +41,13 @@ def run_dag_test(dag_folder: Path, bundle: str, dag_id: str, conf: dict[str, obj
     bag = BundleDagBag(str(dag_folder), bundle_path=str(dag_folder), bundle_name=bundle)
     assert bag.import_errors == {}
     return bag.dags[dag_id].test(logical_date=None, run_conf=conf)
+
+
+def task_context(task_id: str, dag_id: str, run_id: str = "manual__1",
+                 params: dict[str, Any] | None = None, try_number: int = 1) -> dict[str, Any]:
+    """A stand-in for the Airflow task context, with what StageOperator reads from it."""
+    ti = SimpleNamespace(task_id=task_id, try_number=try_number,
+                         xcom_pull=lambda task_ids: None)
+    dag_run = SimpleNamespace(dag_id=dag_id, run_id=run_id, run_type="manual",
+                              triggering_user_name="tester")
+    return {"ti": ti, "dag_run": dag_run, "params": params or {}, "triggering_asset_events": {}}

@@ -12,11 +12,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from dagtest_support import task_context
 
 from operators.stage import StageOperator
 
@@ -68,11 +68,7 @@ def fake_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _context(run_id: str = "manual__1", params: dict[str, Any] | None = None) -> dict[str, Any]:
-    ti = SimpleNamespace(task_id="prepare_dataset", try_number=1,
-                         xcom_pull=lambda task_ids: None)
-    dag_run = SimpleNamespace(dag_id="rwkv7_smoke_cpu", run_id=run_id, run_type="manual",
-                              triggering_user_name="tester")
-    return {"ti": ti, "dag_run": dag_run, "params": params or {}, "triggering_asset_events": {}}
+    return task_context("prepare_dataset", "rwkv7_smoke_cpu", run_id, params)
 
 
 def _operator() -> StageOperator:
