@@ -18,7 +18,7 @@ from typing import Any
 from peftflow import cache, plan, profile, settings, validate
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.runinfo import RunInfo
-from peftflow.spec import STAGES, Spec, Stage
+from peftflow.spec import STAGES, Spec, SpecKind, Stage
 
 PARAMS = ("training_profile", "dataset_manifest", "force_rerun")
 RUN_ID = "dry-run"  # only names the folders in the shown argv; a real run uses its own id
@@ -102,6 +102,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(s) for s in found], indent=2))
     else:
         print(f"{spec.dag_id} ({validate.display_path(spec.path)}), triggered now:")
+        if spec.kind is SpecKind.RETRAIN:
+            print("  (a run started by a dataset event trains on that event's manifest; "
+                  "this plan uses the spec's, or --param dataset_manifest=...)")
         width = max(len(s.stage) for s in found)
         for s in found:
             key = f"key {s.cache_key[:12]}  " if s.cache_key else ""
