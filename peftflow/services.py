@@ -70,13 +70,6 @@ def _existing(home: Path, key: str) -> str | None:
     return None
 
 
-def _sqlite_args(db_url: str) -> str:
-    if not db_url.startswith("sqlite"):
-        return ""
-    return ("\nsql_alchemy_connect_args = peftflow.sqlite_db.CONNECT_ARGS"
-            "\nsql_alchemy_connect_args_async = peftflow.sqlite_db.ASYNC_CONNECT_ARGS")
-
-
 def render_cfg(dep: Deployment, jwt_secret: str) -> str:
     root = settings.get().project_root
     return f"""{MARKER} (setup_airflow.sh); rewritten on setup while this line is present.
@@ -91,7 +84,7 @@ dags_are_paused_at_creation = True
 execution_api_server_url = {dep.api_url()}/execution/
 
 [database]
-sql_alchemy_conn = {dep.db_url}{_sqlite_args(dep.db_url)}
+sql_alchemy_conn = {dep.db_url}
 
 [logging]
 base_log_folder = {dep.log_dir}
