@@ -57,9 +57,10 @@ def tokenizer_check() -> Check:
     if tokenizer.native() is not None:
         return Check("tokenizer", "ok", f"{tokenizer.NATIVE} (C, built at install)")
     return Check("tokenizer", "warn", f"the C tokenizer was not built, using "
-                 f"{tokenizer.FAST_PACKAGE} (prepare_dataset about 2.5x slower). Fix: install "
-                 "gcc and the Python headers (Debian/WSL: apt install build-essential "
-                 "python3-dev), then ./setup_airflow.sh")
+                 f"{tokenizer.FAST_PACKAGE} (prepare_dataset about 2x slower, see "
+                 "docs/benchmarks.md). Fix: install gcc and the Python headers "
+                 "(Debian/WSL: apt install build-essential python3-dev), then "
+                 "./setup_airflow.sh")
 
 
 def profile_checks(prof: profile.Profile, strict: bool) -> list[Check]:

@@ -74,6 +74,20 @@ def effective_profile_path(spec: Spec, run: RunInfo) -> str:
     return chosen
 
 
+def profile_name(spec: Spec, run: RunInfo) -> str:
+    """The name of the training profile this run uses (releases are filed under it)."""
+    return profile.load(validate.resolve_ref(effective_profile_path(spec, run))).name
+
+
+def release_baseline(spec: Spec, run: RunInfo) -> Path | None:
+    """metrics.json of the profile's current release when the spec compares against it."""
+    if not spec.gate.compare_to_release:
+        return None
+    from peftflow.release import registry
+
+    return registry.baseline_metrics_path(profile_name(spec, run))
+
+
 def effective_manifest_path(spec: Spec, run: RunInfo) -> Path:
     """The dataset version this run trains on: from the asset event for a retrain DAG."""
     if spec.kind is SpecKind.RETRAIN and run.asset_extra.get("manifest"):

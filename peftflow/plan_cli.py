@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftflow import cache, plan, profile, settings, validate
+from peftflow import cache, plan, settings, validate
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.runinfo import RunInfo
 from peftflow.spec import STAGES, Spec, SpecKind, Stage
@@ -44,15 +44,6 @@ def _params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def _extra(stage: Stage, spec: Spec, run: RunInfo) -> dict[str, Any]:
-    if stage is not Stage.EVALUATE or not spec.gate.compare_to_release:
-        return {}
-    from peftflow.release import registry
-
-    prof = profile.load(validate.resolve_ref(plan.effective_profile_path(spec, run)))
-    return {"baseline_metrics": registry.baseline_metrics_path(prof.name)}
-
-
 def steps(spec: Spec, params: dict[str, Any]) -> list[Step]:
     """The stages of a run triggered now with `params`, in order."""
     run = RunInfo(dag_id=spec.dag_id, run_id=RUN_ID, task_id="", try_number=1,
@@ -74,7 +65,8 @@ def steps(spec: Spec, params: dict[str, Any]) -> list[Step]:
                               "none if this adapter is already released"))
             continue
         try:
-            the_plan = plan.build(stage, spec, run, upstream, _extra(stage, spec, run))
+            extra = {"baseline_metrics": plan.release_baseline(spec, run)}
+            the_plan = plan.build(stage, spec, run, upstream, extra)
             for ref in the_plan.inputs.values():
                 ref.verify()
         except PeftflowError as exc:

@@ -13,7 +13,6 @@ from peftflow import (
     lease,
     orchestration,
     plan,
-    profile,
     runinfo,
     settings,
     status,
@@ -63,16 +62,9 @@ def _extra(context: Any, stage: Stage, spec: Spec, upstream: dict[Stage, Any]) -
     if stage is Stage.RELEASE:
         gate = context["ti"].xcom_pull(task_ids=GATE_TASK) or {}
         extra["gate_decision"] = gate.get("decision_path")
-    if stage is Stage.EVALUATE and spec.gate.compare_to_release:
-        from peftflow.release import registry
-
-        extra["baseline_metrics"] = registry.baseline_metrics_path(_profile_name(spec, context))
+    if stage is Stage.EVALUATE:
+        extra["baseline_metrics"] = plan.release_baseline(spec, runinfo.from_context(context))
     return extra
-
-
-def _profile_name(spec: Spec, context: Any) -> str:
-    run = runinfo.from_context(context)
-    return profile.load(validate.resolve_ref(plan.effective_profile_path(spec, run))).name
 
 
 def run_stage(op: Any, context: Any) -> dict[str, Any]:
@@ -192,7 +184,7 @@ def run_gate(op: Any, context: Any) -> dict[str, Any]:
                            allow_warn=spec.gate.quality.allow_warn, override=override)
     out = run.stage_dir(GATE_TASK) / "gate_decision.json"
     gate.write_decision(decision, out)
-    prof = _profile_name(spec, context)
+    prof = plan.profile_name(spec, run)
     if not decision.release:
         gate.record_block(decision, profile=prof, dag_id=run.dag_id, run_id=run.run_id)
         _event(run, "gate_blocked", outcome="blocked", verdict="fail",
