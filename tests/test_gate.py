@@ -221,3 +221,58 @@ def test_gate_audit_events_chain_into_the_log(tmp_path: Path, verdict: str,
     assert event["details"]["reasons"] == list(decision.reasons)
     assert [i["name"] for i in event["inputs"]] == ["quality", "verdict"]
     assert audit.verify(tmp_path / "audit.jsonl") == []
+
+
+def test_log_lines_of_a_passing_retrain_name_every_rule_and_the_release_compared_with(
+        tmp_path: Path) -> None:
+    rules = [*EVAL_RULES["pass"],
+             {"rule": "no_regression_vs_release", "suite": "lambada", "comparison": "<=",
+              "threshold": 7.1, "value": 7.05, "outcome": "pass", "message": "not worse"}]
+    decision = gate.decide(write_quality(tmp_path, "warn"), write_verdict(tmp_path, "pass", rules),
+                           allow_warn=True)
+    lines = gate.log_lines(decision, "smoke-cpu r0001", compare_to_release=True)
+    assert lines == [
+        "eval rule min_domain_improvement, suite pydoc_domain: threshold >= 0.02, "
+        "measured 0.137 -> pass",
+        "eval rule max_retention_increase, suite lambada: threshold <= 0.05, "
+        "measured 0.0123 -> pass",
+        "eval rule no_regression_vs_release, suite lambada: threshold <= 7.1, "
+        "measured 7.05 -> pass",
+        "dataset rule document_count: threshold 100, measured 506 -> pass",
+        "dataset rule duplicate_fraction: threshold 0.02, measured 0.031 -> warn "
+        "(allowed: allow_warn)",
+        "check eval_verdict -> pass: evaluation verdict is pass",
+        "check dataset_quality -> warn: dataset quality verdict is warn",
+        "compared with release smoke-cpu r0001",
+        "gate decision: release",
+    ]
+
+
+def test_log_lines_of_a_blocked_decision_give_the_failed_rule_and_every_reason(
+        tmp_path: Path) -> None:
+    decision = gate.decide(write_quality(tmp_path, "warn"), write_verdict(tmp_path, "fail"),
+                           allow_warn=False)
+    lines = gate.log_lines(decision, None, compare_to_release=True)
+    assert ("eval rule max_retention_increase, suite lambada: threshold <= 0.05, "
+            "measured 0.0812 -> fail") in lines
+    assert ("dataset rule duplicate_fraction: threshold 0.02, measured 0.031 -> warn "
+            "(blocks: allow_warn is false)") in lines
+    assert "no earlier release: comparison skipped" in lines
+    assert lines[-1].startswith("gate decision: block, 2 reasons: evaluation rule "
+                                "'max_retention_increase'")
+    assert lines[-1].count(" | ") == 1
+
+
+def test_log_lines_show_missing_evidence_an_override_and_no_comparison_line_when_none_is_made(
+        tmp_path: Path) -> None:
+    missing = gate.decide(write_quality(tmp_path, "pass"), write_verdict(tmp_path, None),
+                          allow_warn=True)
+    lines = gate.log_lines(missing)
+    assert any(line.startswith("check verdict -> missing: evaluation verdict ") for line in lines)
+    assert not any("compar" in line for line in lines)  # the spec asked for no comparison
+    assert lines[-1].startswith("gate decision: block, 1 reason: evaluation verdict ")
+    overridden = gate.decide(write_quality(tmp_path, "pass"), write_verdict(tmp_path, "fail"),
+                             allow_warn=True, override=OK_OVERRIDE)
+    last = gate.log_lines(overridden)[-1]
+    assert last.startswith("gate decision: release, by override of alice (retention dip "
+                           "accepted for the demo); lifted: evaluation rule")

@@ -117,7 +117,8 @@ def _train(folder: Path, base: Path, seed: int) -> None:
     rec.write("success")
 
 
-def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str) -> None:
+def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str,
+              baseline: Path | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     files = {"file": str(ROOT / "configs/eval/pydoc_domain.yaml"), "file_sha256": "1" * 64,
              "data_sha256": "2" * 64, "ctx_len": 128}
@@ -158,13 +159,16 @@ def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str) -> None:
     tiny_png(folder / "eval_chart.png", 200)
     rec = StageRecorder("evaluate_adapter", folder)
     rec.add_input("adapter", adapter)
+    if baseline is not None:  # as evaluate_adapter records --baseline-metrics
+        rec.add_input("baseline_metrics", baseline)
     for name in ("metrics", "verdict", "eval_chart"):
         rec.add_output(name, folder / f"{name}.{'png' if name == 'eval_chart' else 'json'}")
     rec.write("success")
 
 
 def make_run(tmp: Path, name: str = "run1", seed: int = 1, verdict: str = "pass",
-             quality: str = "pass", base: Path | None = None) -> Run:
+             quality: str = "pass", base: Path | None = None,
+             baseline: Path | None = None) -> Run:
     """A run's real stage outputs under tmp/name, sharing one base model and releases root."""
     if base is None:
         base = tmp / "models" / "tiny.pth"
@@ -179,7 +183,8 @@ def make_run(tmp: Path, name: str = "run1", seed: int = 1, verdict: str = "pass"
     profile.write_text(profile_text)
     _prepare(work / "prepare_dataset", quality)
     _train(work / "train_adapter", base, seed)
-    _evaluate(work / "evaluate_adapter", work / "train_adapter" / "rwkv-1.pth", base, verdict)
+    _evaluate(work / "evaluate_adapter", work / "train_adapter" / "rwkv-1.pth", base, verdict,
+              baseline)
     decision = gate.decide(work / "prepare_dataset" / "quality.json",
                            work / "evaluate_adapter" / "verdict.json", allow_warn=True)
     gate_file = gate.write_decision(decision, work / "release_gate" / "gate_decision.json")
@@ -414,3 +419,35 @@ def test_two_runs_released_at_once_get_distinct_versions(tmp_path: Path, run: Ru
     releases = registry.list_releases(PROFILE)
     assert sorted(r.version for r in releases) == ["r0001", "r0002"]
     assert sorted(r.run_id for r in releases) == ["manual__a", "manual__b"]
+
+
+def test_a_release_names_the_release_its_evaluation_compared_with(tmp_path: Path,
+                                                                   run: Run) -> None:
+    assert run.release().returncode == 0
+    first = registry.get_release(PROFILE, "r0001")
+    assert first.doc["baseline"] is None
+    second = make_run(tmp_path, "run2", seed=2, baseline=first.metrics_path)
+    done = second.release("manual__2026-11-28T09:00:00")
+    assert done.returncode == 0, done.stderr
+    manifest = registry.get_release(PROFILE, "r0002").doc
+    assert manifest["baseline"] == {"profile": PROFILE, "version": "r0001",
+                                    "metrics_sha256": sha256_file(first.metrics_path)}
+    shown = _cli(run.env, "releases", "show", PROFILE, "r0002")
+    assert shown.returncode == 0, shown.stderr
+    assert f"  baseline  {PROFILE} r0001  metrics sha256 " in shown.stdout
+    as_json = json.loads(_cli(run.env, "releases", "show", PROFILE, "r0002", "--json").stdout)
+    assert as_json["baseline"]["version"] == "r0001"
+    assert "  baseline  none (first release / no comparison)" in _cli(
+        run.env, "releases", "show", PROFILE, "r0001").stdout
+
+
+def test_baseline_metrics_that_are_no_release_are_refused(tmp_path: Path, run: Run) -> None:
+    loose = tmp_path / "loose" / "metrics.json"
+    loose.parent.mkdir()
+    loose.write_text((run.evaluate / "metrics.json").read_text())
+    other = make_run(tmp_path, "run2", seed=2, baseline=loose)
+    done = other.release()
+    assert done.returncode == 5, done.stderr
+    assert "evaluate_adapter compared with these baseline metrics, but they are not an " \
+           "intact release's (" in done.stderr
+    assert not (run.releases / PROFILE).is_dir() or not any((run.releases / PROFILE).iterdir())

@@ -35,12 +35,16 @@ def _run(dag_folder: Path, dag_id: str) -> Any:
 
 def test_retrain_adapter_worse_than_the_release_is_blocked_with_the_comparison(
         dag_folder: Path, airflow_db: None, smoke_base_model: Path) -> None:
-    from peftflow.release import registry
+    from peftflow import settings, status
+    from peftflow.hashing import sha256_file
+    from peftflow.release import lineage, registry
+    from peftflow.runinfo import safe_segment
 
     first = _run(dag_folder, "retrain_first")
     assert str(first.state) == "success"
     released = registry.current_release("smoke-cpu")
     assert released is not None and released.run_id == first.run_id
+    assert released.doc["baseline"] is None  # the first spec compares with no release
 
     weak = _run(dag_folder, "retrain_weak")
     states = {ti.task_id: str(ti.state) for ti in weak.get_task_instances()}
@@ -51,3 +55,9 @@ def test_retrain_adapter_worse_than_the_release_is_blocked_with_the_comparison(
     reasons = " ".join(blocked["reasons"])
     assert "no_regression_vs_release" in reasons or "current release" in reasons, reasons
     assert registry.current_release("smoke-cpu").version == released.version
+    # the release a retrain would record as its baseline is the one its evaluation read
+    evaluated = status.read(settings.get().artifact_root / "retrain_weak"
+                            / safe_segment(weak.run_id) / "evaluate_adapter")
+    assert lineage.baseline_release(evaluated) == {
+        "profile": "smoke-cpu", "version": released.version,
+        "metrics_sha256": sha256_file(released.metrics_path)}

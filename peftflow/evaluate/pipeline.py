@@ -5,19 +5,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic, schemas, status
+from peftflow import atomic, schemas, settings, status
 from peftflow import profile as profile_mod
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.evaluate import chart, merge, scoring, suites, verdict
 from peftflow.evaluate.suites import Documents
 from peftflow.hashing import sha256_file
 from peftflow.profile import PeftMethod
-from peftflow.stages.common import Progress
+from peftflow.stages.common import Progress, Rate
 
 METRICS, VERDICT, CHART = "metrics.json", "verdict.json", "eval_chart.png"
 OUTPUT_FILES = (METRICS, VERDICT, CHART)
@@ -158,10 +157,6 @@ def _report(req: Request, rec: status.StageRecorder, prep: Prepared,
     metrics_path = req.out / METRICS
     schemas.check(metrics_doc, "eval_metrics", str(metrics_path))
     atomic.write_json(metrics_path, metrics_doc)
-    chart.render(req.out / CHART, [s.name for s in loaded], [s.kind.value for s in loaded],
-                 [c.base_loss for c in comparisons], [c.adapted_loss for c in comparisons],
-                 [c.relative_change for c in comparisons],
-                 f"{prof.name}: {req.adapter.name} vs base")
     results = [verdict.SuiteResult(s.name, s.kind, c.base_loss, c.adapted_loss,
                                    c.relative_change, s.data_sha256, c.tokens)
                for s, c in zip(loaded, comparisons, strict=True)]
@@ -170,6 +165,11 @@ def _report(req: Request, rec: status.StageRecorder, prep: Prepared,
     verdict_doc = verdict.document(
         judged, req.thresholds, adapter_sha256=prep.adapter.sha256,
         metrics_sha256=sha256_file(metrics_path), profile=prof.name, created_at=status.utc_now())
+    # No release version exists yet: the title names the candidate by its run (or folder).
+    run_id = settings.env_str("PEFTFLOW_RUN_ID")
+    run = f"run {run_id}" if run_id else f"folder {req.out.name}"
+    chart.render(req.out / CHART, chart.changes(metrics_doc, verdict_doc), req.thresholds,
+                 f"{prof.name} candidate ({run}): {req.adapter.name} vs base")
     verdict_path = req.out / VERDICT
     schemas.check(verdict_doc, "verdict", str(verdict_path))
     atomic.write_json(verdict_path, verdict_doc)
@@ -211,13 +211,14 @@ def _score_all(label: str, model_path: Path, prep: Prepared, threads: int,
     progress = Progress("evaluate_adapter")
     results = []
     for docs in prep.documents:
-        total, started = len(docs.windows), time.monotonic()
+        total, pace = len(docs.windows), Rate(docs.tokens)
 
         def report(done: int, tokens: int, force: bool = False, docs: Documents = docs,
-                   total: int = total, started: float = started) -> None:
-            rate = tokens / max(time.monotonic() - started, 1e-9)
+                   total: int = total, pace: Rate = pace) -> None:
+            pace.update(tokens)
             progress.maybe(lambda _: f"{label} model, suite {docs.suite.name}: {done}/{total} "
-                           f"documents, {tokens} tokens, {rate:.0f} tokens/s", force)
+                           f"documents, {tokens} tokens, {pace.per_second() or 0:.0f} tokens/s, "
+                           f"ETA {pace.eta()}", force)
 
         with meter:
             scores = scoring.score_windows(model, docs.windows, report)

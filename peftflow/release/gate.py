@@ -237,6 +237,49 @@ def decide(quality_path: str | Path, verdict_path: str | Path, *, allow_warn: bo
     )
 
 
+def _rule_line(kind: str, rule: dict[str, Any], allow_warn: bool) -> str:
+    where = f", suite {rule['suite']}" if rule.get("suite") else ""
+    threshold = " ".join(x for x in (rule.get("comparison") or "",
+                                     "none" if rule.get("threshold") is None
+                                     else _num(rule["threshold"])) if x)
+    measured = "none" if rule.get("value") is None else _num(rule["value"])
+    outcome = str(rule.get("outcome"))
+    if outcome == "warn":
+        outcome += " (allowed: allow_warn)" if allow_warn else " (blocks: allow_warn is false)"
+    if rule.get("skipped"):
+        outcome += " (skipped)"
+    return f"{kind} rule {rule.get('rule')}{where}: threshold {threshold}, measured {measured}" \
+           f" -> {outcome}"
+
+
+def log_lines(decision: GateDecision, baseline: str | None = None, *,
+              compare_to_release: bool = False) -> list[str]:
+    """The decision for a task log: each rule and check with threshold, value and outcome.
+
+    `baseline` names the release the evaluation compared with ("smoke-cpu r0001"); with
+    `compare_to_release` and no baseline, the log says there was no release to compare with.
+    """
+    lines = [_rule_line("eval", r, decision.allow_warn) for r in decision.eval_rules]
+    lines += [_rule_line("dataset", r, decision.allow_warn) for r in decision.quality_rules]
+    # rule checks repeat the rules above; the others (verdicts, evidence, override) do not
+    lines += [f"check {c.check} -> {c.outcome}: {c.detail}" for c in decision.checks
+              if not c.check.startswith(("eval_rule:", "quality_rule:"))]
+    if baseline is not None:
+        lines.append(f"compared with release {baseline}")
+    elif compare_to_release:
+        lines.append("no earlier release: comparison skipped")
+    if decision.overridden and decision.override is not None:
+        lines.append(f"gate decision: release, by override of {decision.override.actor} "
+                     f"({decision.override.reason}); lifted: " + " | ".join(decision.reasons))
+    elif decision.release:
+        lines.append("gate decision: release")
+    else:
+        count = len(decision.reasons)
+        lines.append(f"gate decision: block, {count} reason{'s' if count != 1 else ''}: "
+                     + " | ".join(decision.reasons))
+    return lines
+
+
 def write_decision(decision: GateDecision, path: str | Path) -> Path:
     """Write gate_decision.json (schemas/gate_decision.schema.json) atomically."""
     doc = decision.as_dict()

@@ -12,6 +12,7 @@ from peftflow import __version__, atomic, schemas, settings
 from peftflow.errors import IntegrityError, MissingInputError, PeftflowError
 from peftflow.hashing import sha256_file
 from peftflow.profile import Profile
+from peftflow.release import registry
 from peftflow.status import FileRef, utc_now
 
 if TYPE_CHECKING:
@@ -76,6 +77,35 @@ def _base_model(profile: Profile, train: dict[str, Any]) -> dict[str, Any]:
     return {"path": str(path), "sha256": digest, "bytes": path.stat().st_size}
 
 
+def baseline_release(eval_status: dict[str, Any]) -> dict[str, Any] | None:
+    """The release evaluate_adapter compared with (its `baseline_metrics` input), or None.
+
+    The evaluation read `<releases>/<profile>/<version>/metrics.json`; the release manifest
+    beside it names the release, and its recorded hash of metrics.json must be the one the
+    evaluation read, so the record cannot name a release other than the one compared with.
+    """
+    used = next((i for i in eval_status.get("inputs", []) if i["name"] == "baseline_metrics"),
+                None)
+    if used is None:
+        return None
+    metrics = Path(used["path"])
+    problem = "there is no release manifest beside it"
+    try:
+        release = registry.load_manifest(metrics.parent / registry.MANIFEST)
+    except (MissingInputError, IntegrityError) as exc:
+        problem = str(exc).splitlines()[-1]
+    else:
+        if release.metrics_path == metrics and \
+                release.doc["files_sha256"].get(metrics.name) == used["sha256"]:
+            return {"profile": release.profile, "version": release.version,
+                    "metrics_sha256": used["sha256"]}
+        problem = f"its hash differs from the metrics.json of release {release.profile} " \
+                  f"{release.version}"
+    raise IntegrityError(f"{metrics}: evaluate_adapter compared with these baseline metrics, "
+                         f"but they are not an intact release's ({problem}); a release must "
+                         "name the release it was compared with. Rerun evaluate_adapter")
+
+
 def collect(profile: Profile, spec_path: Path, docs: dict[str, dict[str, Any]],
             refs: dict[str, FileRef]) -> dict[str, Any]:
     """Everything the manifest needs besides the gate and the copied files."""
@@ -93,6 +123,7 @@ def collect(profile: Profile, spec_path: Path, docs: dict[str, dict[str, Any]],
     outputs = [o for o in prepare["outputs"] if o["name"] in ("bin", "idx")]
     return {
         "base_model": _base_model(profile, train),
+        "baseline": baseline_release(docs["evaluate_adapter"]),
         "spec": {"path": str(spec), "sha256": sha256_file(spec)},
         "project": {**git_state(settings.get().project_root), "peftflow_version": __version__},
         "metrics": metrics["suites"],
@@ -140,6 +171,7 @@ def manifest(req: ReleaseRequest, version: str, decision: GateDecision,
         "project": facts["project"],
         "training": facts["training"],
         "metrics": facts["metrics"],
+        "baseline": facts["baseline"],
         "gate": {
             "decision_id": decision.decision_id, "release": decision.release,
             "overridden": decision.overridden, "reasons": list(decision.reasons),

@@ -185,6 +185,8 @@ def _build(tmp: Path, req: ReleaseRequest, version: str, decision: gate.GateDeci
     for role, ref in refs.items():
         _copy_verified(ref, tmp / names[role])
         files[role] = names[role]
+    if "eval_chart" in files:  # the release's own chart, titled with its version; before hashing
+        report.render_eval_chart(tmp, files, f"{req.profile.name} {version}")
     shutil.copyfile(req.gate_path, tmp / "gate_decision.json")
     files["gate_decision"] = "gate_decision.json"
     doc = lineage.manifest(req, version, decision, refs, facts, files)
