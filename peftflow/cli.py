@@ -3,6 +3,10 @@
 Every subcommand returns an exit code; user errors print `error: ...` and never a traceback.
 Area modules register through `register(subparsers)` and must not import heavy libraries
 (torch, airflow) at module level, so `peftflow --help` stays fast.
+
+Output rules, the same for every command: results (rows, the summary a command exists to
+give) go to stdout; warnings, errors and progress go to stderr. A table has a header row, and
+an empty list prints one line that says so (`no releases`), so a user never sees nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from peftflow import __version__
 from peftflow.stages import common
@@ -28,6 +32,17 @@ AREAS = (
     "peftflow.services",
     "peftflow.profile_cli",
 )
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str) -> None:
+    """Rows on stdout under an upper-case header row, columns aligned; `empty` when none."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    if not cells:
+        print(empty)
+        return
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    for row in [[h.upper() for h in headers], *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,31 +4,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from peftflow import expand, settings, validate
+from peftflow import cli, expand, settings, validate
 
 
 def _default_paths(paths: list[str]) -> list[Path]:
     return [Path(p) for p in paths] or [settings.get().project_root / "dag_specs"]
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     paths = _default_paths(args.paths)
     missing = [p for p in paths if not p.exists()]
     for path in missing:
-        print(f"{path}:1:1: $: file or folder not found", file=sys.stderr)
+        print(f"{path}:1:1: $: file or folder not found")
     result = validate.validate_paths([p for p in paths if p.exists()])
     for problem in result.problems:
         print(problem)
+    failed = bool(result.errors or missing)
     if args.quiet:
-        return 1 if result.errors or missing else 0
-    total = len(result.specs) + len(result.errors)
-    print(f"{len(result.specs)} of {total} spec(s) valid, {len(result.problems)} problem(s)",
-          file=sys.stderr)
-    return 1 if result.errors or missing else 0
+        return 1 if failed else 0
+    valid = _plural(len(result.specs), "spec") + " valid"
+    if failed:
+        problems = len(result.problems) + len(missing)
+        files = len(result.errors) + len(missing)
+        print(f"{_plural(problems, 'problem')} in {_plural(files, 'file')}"
+              + (f", {valid}" if result.specs else ""))
+    elif result.specs:
+        print(valid)
+    else:
+        print(f"no specs in {', '.join(validate.display_path(p) for p in paths)}")
+    return 1 if failed else 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -58,13 +69,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    headers = ("spec", "dag_id", "kind", "profile", "schedule")
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) if rows else len(h) for h in headers]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)))
-    for row in rows:
-        line = "  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths, strict=True))
-        print(line + ("" if row["valid"] else f"  INVALID ({row['problems']} problem(s): "
-                      "run peftflow validate)"))
+    headers = ("spec", "dag_id", "kind", "profile", "schedule", "status")
+    cli.print_table(headers, ([*(row[h] for h in headers[:-1]), "valid" if row["valid"] else
+                               f"INVALID: {_plural(row['problems'], 'problem')}, run peftflow "
+                               "validate"] for row in rows), empty="no specs")
     return 0
 
 

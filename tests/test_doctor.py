@@ -55,3 +55,117 @@ def test_smoke_profile_resources_are_present(project_root: Path,
                                              smoke_base_model: Path) -> None:
     prof = profile.load(project_root / "configs/profiles/smoke_cpu.yaml")
     assert [c.level for c in doctor.profile_checks(prof, strict=True)] == ["ok"]
+
+
+GPU_PROFILE = "configs/profiles/rwkv7_1b5_lora.yaml"
+PIN = "5b8aac9cbed9474fb9f13332ffe9bd1aa377b7d2"
+
+
+def _gpu_profile(project_root: Path, tmp_path: Path, **rwkv_peft: str) -> profile.Profile:
+    """The shipped GPU profile with its rwkv_peft paths moved into tmp_path."""
+    import yaml
+
+    data = yaml.safe_load((project_root / GPU_PROFILE).read_text())
+    data["rwkv_peft"] = {"checkout": str(tmp_path / "RWKV-PEFT"),
+                         "python": str(tmp_path / "RWKV-PEFT/.venv/bin/python"), **rwkv_peft}
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return profile.load(path)
+
+
+def _fake_nvidia_smi(folder: Path, body: str) -> Path:
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_every_failing_gpu_check_ends_with_the_command_that_fixes_it(
+        project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEFTFLOW_MODELS_ROOT", str(tmp_path / "models"))
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    prof = _gpu_profile(project_root, tmp_path)
+    checks = {c.name.split(": ", 1)[1]: c for c in doctor.profile_checks(prof, strict=True)}
+    base = tmp_path / "models" / "rwkv7-g1-1.5b-20250429-ctx4096.pth"
+    checkout = tmp_path / "RWKV-PEFT"
+    venv = checkout / ".venv"
+    expected = {
+        "base model": f"mkdir -p {base.parent} && curl -fL -o {base} "
+                      f"https://huggingface.co/BlinkDL/rwkv7-g1/resolve/main/{base.name}",
+        "RWKV-PEFT checkout": f"git clone https://github.com/JL-er/RWKV-PEFT {checkout} && "
+                              f"git -C {checkout} checkout {PIN}",
+        "RWKV-PEFT python": f"-m venv {venv} && {venv}/bin/python -m pip install torch -r "
+                            f"{checkout}/requirements.txt",
+        "CUDA GPU": "nvidia-smi",
+    }
+    for name, command in expected.items():
+        assert checks[name].level == "fail"
+        assert checks[name].detail.endswith(command), checks[name].detail
+    assert "PEFTFLOW_MODELS_ROOT" in checks["base model"].detail
+
+
+def test_checkout_at_another_commit_fails_and_says_how_to_move_to_the_pin(
+        project_root: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    checkout = tmp_path / "RWKV-PEFT"
+    checkout.mkdir()
+    (checkout / "train.py").write_text("# not the real one\n")
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    subprocess.run([*git, "add", "train.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    pin = {"repository": "https://github.com/JL-er/RWKV-PEFT", "commit": PIN}
+    check = doctor.checkout_check(_gpu_profile(project_root, tmp_path), pin, "fail")
+    assert check.level == "fail" and "not the pinned 5b8aac9" in check.detail
+    assert check.detail.endswith(f"git -C {checkout} fetch origin && git -C {checkout} "
+                                 f"checkout {PIN}")
+
+
+def test_rwkv_peft_python_without_its_requirements_names_the_pip_install(
+        project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(doctor, "RWKV_PEFT_MODULES", ("json", "no_such_module_for_doctor"))
+    prof = _gpu_profile(project_root, tmp_path, python=sys.executable)
+    pin = {"python": ">=3.10,<3.13"}
+    check = doctor.python_check(prof, pin, "fail")
+    assert check.level == "fail" and "lacks no_such_module_for_doctor" in check.detail
+    assert check.detail.endswith(f"{sys.executable} -m pip install torch -r "
+                                 f"{tmp_path}/RWKV-PEFT/requirements.txt")
+    too_old = doctor.python_check(prof, {"python": "<3.0"}, "fail")
+    assert "RWKV-PEFT needs <3.0" in too_old.detail and " -m venv " in too_old.detail
+
+
+@pytest.mark.parametrize(("body", "level", "shown"), [
+    ("echo 'NVIDIA-SMI has failed because it could not communicate with the driver'; exit 9",
+     "fail", "could not communicate with the driver"),
+    ("echo 'GPU 0: NVIDIA H200 (UUID: GPU-1)'", "ok", "GPU 0: NVIDIA H200"),
+])
+def test_gpu_check_asks_nvidia_smi(project_root: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch, body: str, level: str,
+                                   shown: str) -> None:
+    smi = _fake_nvidia_smi(tmp_path, body)
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: str(smi))
+    check = doctor.gpu_check(_gpu_profile(project_root, tmp_path), "fail")
+    assert check.level == level and shown in check.detail
+    if level == "fail":
+        assert check.detail.endswith(": nvidia-smi")
+
+
+def test_missing_tiny_smoke_model_is_fixed_by_init_tiny(
+        project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEFTFLOW_MODELS_ROOT", str(tmp_path))
+    prof = profile.load(project_root / "configs/profiles/smoke_cpu.yaml")
+    check = doctor.base_model_check(prof, "fail")
+    assert check.detail.endswith("Fix: peftflow model init-tiny --profile "
+                                 "configs/profiles/smoke_cpu.yaml")
+
+
+def test_missing_nvcc_for_the_cuda_kernel_names_the_check_command(
+        project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
+    check = doctor.nvcc_check(_gpu_profile(project_root, tmp_path), "fail")
+    assert check.level == "fail" and "runtime.op: fla" in check.detail
+    assert check.detail.endswith("then check: nvcc --version")

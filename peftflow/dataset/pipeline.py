@@ -37,7 +37,7 @@ from peftflow.dataset.reader import (
     scan_span,
 )
 from peftflow.errors import IntegrityError, ResourceError
-from peftflow.stages.common import Progress, eta
+from peftflow.stages.common import Progress, Rate
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,7 @@ def run(data_path: Path, data_sha256: str, bin_out: BinaryIO, idx_out: BinaryIO,
     records = done = 0
     shortest, longest, total = math.inf, 0, 0  # text tokens per document
     progress = Progress("prepare_dataset", every=opts.progress_every)
+    pace = Rate(size)
     folder = Path(str(bin_out.name)).parent  # spools live beside the output, not in /tmp
     with tempfile.TemporaryFile(dir=folder) as sizes, tempfile.TemporaryFile(dir=folder) as hashes:
         writer = BinIdxWriter(bin_out, sizes)
@@ -199,9 +200,11 @@ def run(data_path: Path, data_sha256: str, bin_out: BinaryIO, idx_out: BinaryIO,
                 longest = max(longest, int(res.sizes.max()) - 1)
                 total += int(res.sizes.sum()) - int(res.sizes.size)
 
-            def line(s: float, d: int = writer.documents, b: int = done) -> str:
+            pace.update(done)
+
+            def line(_: float, d: int = writer.documents, b: int = done) -> str:
                 return (f"{d} documents, {b / 1e6:.1f}/{size / 1e6:.1f} MB, "
-                        f"{b / 1e6 / max(s, 1e-9):.1f} MB/s, ETA {eta(b, size, s)}")
+                        f"{(pace.per_second() or 0.0) / 1e6:.1f} MB/s, ETA {pace.eta()}")
 
             progress.maybe(line)
         if _identity(data_path) != before or done != size:

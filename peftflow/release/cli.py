@@ -44,21 +44,23 @@ def _summary(release: Any) -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from peftflow import cli
     from peftflow.release import registry
 
     found, problems = registry.scan(args.profile)
-    for release in found:
-        row = _summary(release)
-        if args.json:
-            print(json.dumps(row, ensure_ascii=False))
-        else:
-            note = "  (override)" if row["overridden"] else ""
-            print(f"{row['profile']:<20} {row['version']:<10} {row['created_at']}  "
-                  f"{row['dag_id']}/{row['run_id']}  {row['adapter_sha256'][:12]}{note}")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    if not found and not args.json:
-        print(f"no releases under {registry.root_dir()}", file=sys.stderr)
+    if args.json:
+        for release in found:
+            print(json.dumps(_summary(release), ensure_ascii=False))
+        if not found:
+            print(f"no releases under {registry.root_dir()}", file=sys.stderr)
+        return 0
+    rows = [(r["profile"], r["version"], r["created_at"], f"{r['dag_id']}/{r['run_id']}",
+             r["adapter_sha256"][:12], "override" if r["overridden"] else "passed")
+            for r in map(_summary, found)]
+    cli.print_table(("profile", "version", "created_at", "run", "adapter", "gate"), rows,
+                    empty=f"no releases under {registry.root_dir()}")
     return 0
 
 
@@ -82,6 +84,14 @@ def _show(args: argparse.Namespace) -> int:
         gate = "override" if doc["gate"]["overridden"] else "passed"
         print(f"  gate      {gate}: eval {doc['gate']['eval_verdict']}, "
               f"dataset {doc['gate']['quality_verdict']}")
+        if "baseline" not in doc:
+            print("  baseline  not recorded (released before baselines were recorded)")
+        elif doc["baseline"] is None:
+            print("  baseline  none (first release / no comparison)")
+        else:
+            base = doc["baseline"]
+            print(f"  baseline  {base['profile']} {base['version']}  "
+                  f"metrics sha256 {base['metrics_sha256']}")
         for name, suite in sorted(doc["metrics"].items()):
             change = suite.get("relative_change")
             shown = f"{change * 100:+.2f} %" if isinstance(change, int | float) else "-"
@@ -100,14 +110,22 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _blocked(args: argparse.Namespace) -> int:
+    from peftflow import cli
     from peftflow.release import registry
 
-    for record in registry.list_blocked(args.profile):
-        if args.json:
+    records = registry.list_blocked(args.profile)
+    if args.json:
+        for record in records:
             print(json.dumps(record, ensure_ascii=False))
-            continue
-        print(f"{record.get('ts')}  {record.get('profile')}  {record.get('dag_id')}/"
-              f"{record.get('run_id')}")
-        for reason in record.get("reasons", []):
-            print(f"    - {reason}")
+        if not records:
+            print("no blocked releases", file=sys.stderr)
+        return 0
+    rows = []
+    for record in records:
+        reasons = record.get("reasons") or ["-"]
+        first = [str(record.get("ts")), str(record.get("profile")),
+                 f"{record.get('dag_id')}/{record.get('run_id')}"]
+        rows.append([*first, reasons[0]])
+        rows.extend(["", "", "", reason] for reason in reasons[1:])
+    cli.print_table(("ts", "profile", "run", "reasons"), rows, empty="no blocked releases")
     return 0

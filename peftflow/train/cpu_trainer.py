@@ -22,7 +22,7 @@ from typing import Any
 from peftflow import atomic
 from peftflow.errors import ConfigError
 from peftflow.profile import Profile
-from peftflow.stages.common import Progress, eta
+from peftflow.stages.common import Progress, Rate
 from peftflow.train import checkpoints
 from peftflow.train.data import BinIdx, check_enough
 
@@ -147,6 +147,7 @@ def train(prof: Profile, data: BinIdx, base_sd: dict[str, Any], out_dir: Path, e
     log.flush_steps()
     progress = Progress("train_adapter", every=5.0)
     todo = (t.epoch_count - epoch_begin) * per_epoch
+    pace = Rate(todo)
     tokens_per_step = ctx * t.micro_bsz * acc
     steps = target_tokens = 0
     flushed = time.monotonic()
@@ -187,14 +188,14 @@ def train(prof: Profile, data: BinIdx, base_sd: dict[str, Any], out_dir: Path, e
             log.step(record)  # t_cost is iterations/s, as RWKV-PEFT writes it
             loss_sum += step_loss
             steps += 1
+            pace.update(steps)
 
-            def line(el: float, e: int = epoch, s: int = opt_step, ls: float = step_loss,
-                     n: int = steps) -> str:
-                return (f"epoch {e}/{t.epoch_count - 1} step {s + 1}/{per_epoch} loss {ls:.4f} "
-                        f"tokens/s {n * tokens_per_step / max(el, 1e-9):.0f} "
-                        f"ETA {eta(n, todo, el)}")
+            def line(_: float, e: int = epoch, s: int = opt_step, ls: float = step_loss) -> str:
+                speed = (pace.per_second() or 0.0) * tokens_per_step  # epochs, steps from 1
+                return (f"epoch {e + 1}/{t.epoch_count} step {s + 1}/{per_epoch} loss {ls:.4f} "
+                        f"tokens/s {speed:.0f} ETA {pace.eta()}")
 
-            progress.maybe(line, force=steps == 1)
+            progress.maybe(line, force=steps in (1, todo))
             if time.monotonic() - flushed >= 5.0:
                 log.flush_steps()
                 flushed = time.monotonic()
