@@ -114,6 +114,15 @@ class Client:
         quoted = urllib.parse.quote(run_id, safe="")
         return self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")  # type: ignore[no-any-return]
 
+    def set_note(self, dag_id: str, run_id: str, note: str) -> None:
+        """Replace the run's note (Markdown in the UI; Airflow keeps at most 1000 chars)."""
+        quoted = urllib.parse.quote(run_id, safe="")
+        self._send("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}", {"note": note[:1000]},
+                   query={"update_mask": "note"})
+
+    def dag(self, dag_id: str) -> dict[str, Any]:
+        return self._send("GET", f"/api/v2/dags/{dag_id}")  # type: ignore[no-any-return]
+
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         answer = self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns", query={"limit": 100})
         return list(answer["dag_runs"])
@@ -133,18 +142,22 @@ class Client:
                 return state
             time.sleep(poll_s)
 
-    def asset_id(self, uri: str) -> int | None:
+    def asset(self, uri: str) -> dict[str, Any] | None:
+        """The asset with this URI (id, scheduled_dags, ...), or None when Airflow has none."""
         answer = self._send("GET", "/api/v2/assets", query={"uri_pattern": uri, "limit": 100})
         for asset in answer.get("assets", []):
             # Airflow normalises the URI (adds a trailing slash); the name keeps ours.
             if asset.get("name") == uri or asset["uri"].rstrip("/") == uri.rstrip("/"):
-                return int(asset["id"])
+                return dict(asset)
         return None
 
-    def asset_event(self, uri: str, extra: dict[str, Any]) -> dict[str, Any]:
-        asset = self.asset_id(uri)
-        if asset is None:
-            raise PeftflowError(f"Airflow knows no asset {uri}: no retrain DAG is scheduled on "
-                                "it (add a retrain_on_new_dataset spec for this dataset)")
+    def post_asset_event(self, asset_id: int, extra: dict[str, Any]) -> dict[str, Any]:
         return self._send("POST", "/api/v2/assets/events",  # type: ignore[no-any-return]
-                          {"asset_id": asset, "extra": extra})
+                          {"asset_id": asset_id, "extra": extra})
+
+    def asset_event(self, asset_id: int, event_id: int) -> dict[str, Any] | None:
+        """One event of an asset (with the runs it created so far), or None."""
+        answer = self._send("GET", "/api/v2/assets/events",
+                            query={"asset_id": asset_id, "order_by": "-timestamp", "limit": 20})
+        return next((dict(e) for e in answer.get("asset_events", [])
+                     if int(e["id"]) == event_id), None)

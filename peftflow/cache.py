@@ -23,7 +23,8 @@ def lookup(stage: str, key: str) -> dict[str, Any] | None:
     """The verified status document of an earlier success with this key, or None."""
     entry = _entry(stage, key)
     try:
-        status_path = Path(json.loads(entry.read_text(encoding="utf-8"))["status_path"])
+        stored = json.loads(entry.read_text(encoding="utf-8"))
+        status_path = Path(stored["status_path"])
         doc = status.read(status_path)
         if doc["status"] != "success":
             return None
@@ -32,6 +33,7 @@ def lookup(stage: str, key: str) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, PeftflowError):
         return None
     doc["_status_path"] = str(status_path)
+    doc["_run_id"] = str(stored.get("run_id") or status_path.parent.parent.name)
     return doc
 
 

@@ -13,7 +13,9 @@ from peftflow.spec import GPU_POOL, GPU_STAGES, Spec, SpecKind, Stage
 
 STAGE_OPERATOR = "operators.stage.StageOperator"
 GATE_OPERATOR = "operators.gate.ReleaseGateOperator"
+SUMMARY_OPERATOR = "operators.summary.RunSummaryOperator"
 GATE_TASK = "release_gate"
+SUMMARY_TASK = "run_summary"
 START_DATE = "2026-01-01"  # fixed, so a cron DAG never backfills from "now - something"
 DATASET_ASSET_SCHEME = "peftflow-dataset"
 
@@ -34,14 +36,19 @@ def _param(default: Any, description: str, **schema: Any) -> dict[str, Any]:
 
 def trigger_params(spec: Spec) -> dict[str, Any]:
     """Airflow Params of the manual-trigger form; Airflow rejects bad values before a run."""
+    # Optional params allow null: the trigger form marks every typed param without "null" as
+    # required and keeps its Trigger button disabled while such a field is empty.
     params: dict[str, Any] = {
-        "note": _param("", "Free-text note for the audit trail (why this run).",
-                       type="string", maxLength=spec.trigger.note_max_length),
+        "note": _param(None, "Free-text note for the audit trail and the run note (why this "
+                       "run). Optional.", type=["null", "string"],
+                       maxLength=spec.trigger.note_max_length),
         "training_profile": _param(
             spec.training_profile, "Training profile to use (only those the spec allows).",
             type="string", enum=[spec.training_profile, *spec.trigger.allowed_profiles]),
         "dataset_manifest": _param(
-            spec.dataset_manifest, "Dataset version (manifest) to train on.",
+            spec.dataset_manifest, "Dataset version (manifest) to train on."
+            + (" A run started by a dataset event uses the event's manifest instead."
+               if spec.kind is SpecKind.RETRAIN else ""),
             type="string", enum=[spec.dataset_manifest, *spec.trigger.allowed_manifests]),
     }
     params["force_rerun"] = _param(
@@ -52,8 +59,8 @@ def trigger_params(spec: Spec) -> dict[str, Any]:
             False, "Release even if the gate fails (audited; needs override_reason).",
             type="boolean")
         params["override_reason"] = _param(
-            "", "Why the gate is overridden (required with override_gate).",
-            type="string", maxLength=500)
+            None, "Why the gate is overridden (required with override_gate).",
+            type=["null", "string"], maxLength=500)
     return params
 
 
@@ -115,6 +122,12 @@ def dag_config(spec: Spec) -> dict[str, Any]:
             "dependencies": [Stage.EVALUATE.value],
         },
         Stage.RELEASE.value: _task(spec, Stage.RELEASE, GATE_TASK),
+        # A teardown: it runs after every outcome and does not decide the run's state.
+        SUMMARY_TASK: {
+            "operator": SUMMARY_OPERATOR,
+            "retries": 0,
+            "dependencies": [Stage.RELEASE.value],
+        },
     }
     return {
         spec.dag_id: {
@@ -124,6 +137,7 @@ def dag_config(spec: Spec) -> dict[str, Any]:
             "start_date": START_DATE,
             "catchup": spec.schedule.catchup,
             "max_active_runs": spec.max_active_runs,
+            "is_paused_upon_creation": spec.start_paused,
             "default_args": {"owner": spec.owner, "depends_on_past": False},
             "params": trigger_params(spec),
             "doc_md": _doc(spec),

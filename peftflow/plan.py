@@ -94,7 +94,9 @@ def effective_manifest_path(spec: Spec, run: RunInfo) -> Path:
         chosen = str(run.asset_extra["manifest"])
         resolved = validate.resolve_ref(chosen)
         if not validate.inside_allowed_roots(resolved):
-            raise ConfigError(f"asset event manifest {chosen!r} is outside the allowed roots")
+            raise ConfigError(f"asset event manifest {chosen!r} is outside the allowed roots; "
+                              "keep datasets under the project, or add their folder to "
+                              "PEFTFLOW_ALLOWED_ROOTS (':'-separated) for every service")
         return resolved
     chosen = str(run.params.get("dataset_manifest") or spec.dataset_manifest)
     if chosen not in (spec.dataset_manifest, *spec.trigger.allowed_manifests):
@@ -113,6 +115,8 @@ def record(doc: dict[str, Any], status_path: Path, key: str, reused: bool) -> di
         "metrics": doc.get("metrics", {}),
         "cache_key": key,
         "reused": reused,
+        # the run that computed a reused result (shown in the run summary and the task log)
+        "reused_from": doc.get("_run_id") if reused else None,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from peftflow.spec import STAGES, Spec, Stage
 from peftflow.subproc import TERM_GRACE_S, Child
 
 GATE_TASK = "release_gate"
+log = logging.getLogger(__name__)
 REQUIRED_OUTPUTS = {
     Stage.PREPARE: ("bin", "idx", "quality"),
     Stage.TRAIN: ("adapter", "loss_data"),
@@ -84,11 +86,13 @@ def run_stage(op: Any, context: Any) -> dict[str, Any]:
     forced = bool(run.params.get("force_rerun"))
     earlier = None if forced else cache.lookup(stage.value, key)
     if earlier is not None:
-        op.log.info("reusing the successful %s result with the same cache key %s (%s)",
-                    stage.value, key[:12], earlier["_status_path"])
+        op.log.info("REUSED %s: nothing was run; the successful result of run %s with the same "
+                    "cache key %s is used (%s). Trigger with force_rerun to run it again.",
+                    stage.value, earlier["_run_id"], key[:12], earlier["_status_path"])
         _event(run, "task_reused", stage=stage.value, outcome="reused",
                inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(earlier)),
-               details={"cache_key": key, "status_path": earlier["_status_path"]})
+               details={"cache_key": key, "status_path": earlier["_status_path"],
+                        "reused_from": earlier["_run_id"]})
         return plan.record(earlier, Path(earlier["_status_path"]), key, reused=True)
     if forced:
         op.log.info("force_rerun is set: not reusing earlier results")
@@ -141,6 +145,12 @@ def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePl
     _event(run, "task_succeeded", stage=stage.value, outcome="success",
            inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(doc)),
            duration_s=doc.get("duration_s"), details={"cache_key": key})
+    if stage is Stage.RELEASE:  # the release itself, as `audit show` and the summary name it
+        m = doc.get("metrics", {})
+        _event(run, "release_noop" if m.get("noop") else "release_published",
+               stage=stage.value, outcome="noop" if m.get("noop") else "success",
+               verdict="released", details={k: m.get(k) for k in (
+                   "profile", "version", "release_dir", "released_by_run")})
     return plan.record(doc, status_path, key, reused=False)
 
 
@@ -184,6 +194,10 @@ def run_gate(op: Any, context: Any) -> dict[str, Any]:
                            allow_warn=spec.gate.quality.allow_warn, override=override)
     out = run.stage_dir(GATE_TASK) / "gate_decision.json"
     gate.write_decision(decision, out)
+    baseline = _gate_baseline(op, upstream.get(Stage.EVALUATE))
+    for line in gate.log_lines(decision, baseline,
+                               compare_to_release=spec.gate.compare_to_release):
+        op.log.info("GATE %s", line)
     prof = plan.profile_name(spec, run)
     if not decision.release:
         gate.record_block(decision, profile=prof, dag_id=run.dag_id, run_id=run.run_id)
@@ -194,3 +208,70 @@ def run_gate(op: Any, context: Any) -> dict[str, Any]:
     _event(run, "gate_override" if decision.overridden else "gate_passed", outcome="pass",
            verdict="pass", details={"reasons": decision.reasons})
     return {"decision_path": str(out), "release": True, "overridden": decision.overridden}
+
+
+def _gate_baseline(op: Any, eval_record: dict[str, Any] | None) -> str | None:
+    """"<profile> <version>" of the release the evaluation compared with, if it did."""
+    from peftflow.release import lineage
+
+    try:
+        found = lineage.baseline_release(status.read(Path((eval_record or {})["status_path"])))
+    except (PeftflowError, KeyError) as exc:
+        op.log.warning("GATE cannot tell which release the evaluation compared with: %s", exc)
+        return None
+    return None if found is None else f"{found['profile']} {found['version']}"
+
+
+def _task_states(context: Any, run: runinfo.RunInfo) -> dict[str, str | None]:
+    """Airflow's state of every task of this run (empty when the API cannot tell)."""
+    try:
+        found = context["ti"].get_task_states(dag_id=run.dag_id, run_ids=[run.run_id])
+        states = found.get(run.run_id, {}) if isinstance(found, dict) else {}
+        return {str(k): (None if v is None else str(v)) for k, v in states.items()}
+    except Exception as exc:  # the summary must never fail the run
+        log.warning("could not read the task states of this run (%s); summarising from the "
+                    "audit trail alone", exc)
+        return {}
+
+
+def run_summary(op: Any, context: Any) -> dict[str, Any]:
+    """The run_summary teardown: log what the run did, keep it as a file, set the run note.
+
+    Never fails: a summary that cannot be written or a note that cannot be set is a warning
+    in this log, and the run's state stays what its stages decided.
+    """
+    from peftflow import runsummary
+
+    run = runinfo.from_context(context)
+    ti = context["ti"]
+    records = {t: ti.xcom_pull(task_ids=t) for t in runsummary.STAGE_TASKS}
+    try:
+        events = list(audit.events(dag_id=run.dag_id, run_id=run.run_id))
+    except OSError as exc:
+        op.log.warning("could not read the audit trail (%s)", exc)
+        events = []
+    summary = runsummary.build(dag_id=run.dag_id, run_id=run.run_id, actor=run.actor,
+                               note=run.note, events=events, records=records,
+                               states=_task_states(context, run))
+    for line in summary.log_lines():
+        op.log.info("%s", line)
+    try:
+        from peftflow import atomic
+
+        atomic.write_json(run.run_dir() / "run_summary.json", summary.as_dict())
+    except OSError as exc:
+        op.log.warning("could not write run_summary.json (%s)", exc)
+    _set_note(op, run, summary.note_markdown())
+    return summary.as_dict()
+
+
+def _set_note(op: Any, run: runinfo.RunInfo, text: str) -> None:
+    from peftflow.airflow_api import Client
+
+    try:
+        Client.from_settings().set_note(run.dag_id, run.run_id, text)
+    except PeftflowError as exc:
+        op.log.warning("the run note was not set (%s); the summary above and run_summary.json "
+                       "hold the same text", exc)
+        return
+    op.log.info("run note set (visible on the run in the Airflow UI)")

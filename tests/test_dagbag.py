@@ -12,7 +12,7 @@ from peftflow import validate
 from peftflow.spec import GPU_STAGES, STAGES, Spec, SpecKind, Stage
 
 TASK_ORDER = ["prepare_dataset", "train_adapter", "evaluate_adapter", "release_gate",
-              "release_adapter"]
+              "release_adapter", "run_summary"]
 
 
 def _bag(dags_folder: Path):  # type: ignore[no-untyped-def]
@@ -53,6 +53,8 @@ def test_each_dag_has_the_stage_chain_pools_and_retries_of_its_spec(  # type: ig
             assert task.retries == spec.retry_policy(stage).retries
             assert task.retry_delay.total_seconds() == spec.retry_policy(stage).retry_delay_s
         assert dag.task_dict["release_gate"].retries == 0
+        summary = dag.task_dict["run_summary"]
+        assert summary.is_teardown and summary.retries == 0
         assert dag.max_active_runs == spec.max_active_runs
         assert "peftflow" in dag.tags
 

@@ -40,6 +40,19 @@ def _states(run: Any) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
+def _summary(run: Any) -> dict[str, Any]:
+    """run_summary.json that the run_summary teardown wrote for this run."""
+    from peftflow import runinfo, settings
+
+    path = (settings.get().artifact_root / run.dag_id / runinfo.safe_segment(run.run_id)
+            / "run_summary.json")
+    return json.loads(path.read_text())
+
+
+def _outcomes(summary: dict[str, Any]) -> dict[str, str]:
+    return {s["task_id"]: s["outcome"] for s in summary["stages"]}
+
+
 @pytest.fixture(scope="module")
 def ok_run(dag_folder: Path, airflow_db: None, smoke_base_model: Path) -> Any:
     return _run(dag_folder, "pipe_ok", {"note": "pipeline test"})
@@ -57,6 +70,22 @@ def test_success_path_releases_with_a_valid_manifest(ok_run: Any) -> None:
     assert manifest["airflow"]["dag_id"] == "pipe_ok"
     assert manifest["gate"]["release"] is True
     assert (release.dir / "report.md").read_text().count("pydoc-domain") >= 1
+
+
+def test_a_released_run_summarises_every_stage_as_ran_and_names_the_release(
+        ok_run: Any) -> None:
+    from peftflow.release import registry
+
+    summary = _summary(ok_run)
+    version = registry.current_release("smoke-cpu").version
+    assert summary["outcome"] == "released"
+    assert summary["release"] == f"smoke-cpu {version}"
+    assert summary["headline"].startswith(f"Released smoke-cpu {version}")
+    assert _outcomes(summary) == {"prepare_dataset": "ran", "train_adapter": "ran",
+                                  "evaluate_adapter": "ran", "release_gate": "passed",
+                                  "release_adapter": "ran"}
+    assert summary["note"] == "pipeline test" and summary["dataset"] == "pydoc-docs v1"
+    assert _states(ok_run)["run_summary"] == "success"
 
 
 def test_success_path_leaves_a_verifiable_audit_trail(ok_run: Any) -> None:
@@ -95,6 +124,12 @@ def test_unreachable_gate_blocks_the_release_and_records_why(ok_run: Any,
     events = [e["event"] for e in audit.events(run_id=run.run_id)]
     assert "gate_blocked" in events
     assert registry.current_release("smoke-cpu").run_id == ok_run.run_id  # unchanged
+    summary = _summary(run)  # the teardown ran, and the run still failed
+    assert states["run_summary"] == "success"
+    assert summary["outcome"] == "blocked" and summary["release"] is None
+    assert _outcomes(summary)["release_gate"] == "blocked"
+    assert _outcomes(summary)["release_adapter"] == "not run"
+    assert any("0.99" in r for r in summary["reasons"])
 
 
 def test_rerun_with_unchanged_inputs_reuses_every_stage(ok_run: Any, dag_folder: Path) -> None:
@@ -111,3 +146,10 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(ok_run: Any, dag_folder:
                 and e.get("stage") in STAGE_TASKS]
     after = registry.current_release("smoke-cpu")
     assert after.version == before.version  # the same adapter is never released twice
+    summary = _summary(run)
+    outcomes = _outcomes(summary)
+    assert all(outcomes[t] == "reused" for t in STAGE_TASKS)
+    details = {s["task_id"]: s["detail"] for s in summary["stages"]}
+    assert all(ok_run.run_id in details[t] for t in STAGE_TASKS)  # where they came from
+    assert summary["outcome"] == "already released"
+    assert "1 stage(s) ran, 3 reused" in summary["headline"]  # the no-op release
