@@ -87,6 +87,7 @@ say "validating dag_specs/"
 say "registering the DAGs"
 "$AIRFLOW" dags reserialize >"$AIRFLOW_HOME/logs/reserialize.log" 2>&1 \
   || { tail -n 20 "$AIRFLOW_HOME/logs/reserialize.log" >&2; die "airflow dags reserialize failed"; }
+"$PEFTFLOW" services pause-policy
 "$PEFTFLOW" doctor --airflow
 
 cat <<NEXT

@@ -222,10 +222,23 @@ def status(dep: Deployment) -> int:
     return 1 if down else 0
 
 
+def pause_policy() -> int:
+    """Apply the specs' `start_paused` (setup's last step) and say what each DAG will do."""
+    settings.use_project_airflow_home()
+    from peftflow import pausepolicy, validate
+
+    specs = validate.validate_paths([settings.get().project_root / "dag_specs"]).specs
+    for state in pausepolicy.apply(specs):
+        print(f"[setup] {state.line}")
+    return 0
+
+
 def _cmd(args: argparse.Namespace) -> int:
     if args.action == "configure":
         configure(args.db)
         return 0
+    if args.action == "pause-policy":
+        return pause_policy()
     dep = deployment()
     if args.action == "start":
         start(dep)
@@ -242,6 +255,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("services", help="configure, start, stop the Airflow services")
-    p.add_argument("action", choices=("configure", "start", "stop", "restart", "status"))
+    p.add_argument("action", choices=("configure", "start", "stop", "restart", "status",
+                                       "pause-policy"),
+                   help="pause-policy: apply each spec's start_paused (setup does this)")
     p.add_argument("--db", help="metadata DB URL for configure (default: SQLite file)")
     p.set_defaults(func=_cmd)

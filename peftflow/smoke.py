@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = _follow(client, run_id, args.timeout)
     elapsed = time.monotonic() - t0
     print(f"run {state} in {elapsed:.0f} s")
+    note = str(client.run(DAG_ID, run_id).get("note") or "")
+    if note:  # what the run_summary task wrote; the UI shows it on the run
+        print("run note:\n  " + note.replace("**", "").replace("\n", "\n  "))
     problems = audit.verify()
     print(f"audit trail {settings.get().audit_log}: "
           f"{'OK, chain intact' if not problems else f'{len(problems)} problem(s)'}")

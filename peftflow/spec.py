@@ -85,6 +85,7 @@ class Spec:
     timeouts: dict[Stage, int]
     schedule: Schedule
     max_active_runs: int
+    start_paused: bool  # resolved: the spec's value or the default of its kind
     trigger: TriggerPolicy
     path: Path  # the spec file
     sha256: str
@@ -92,6 +93,16 @@ class Spec:
 
     def retry_policy(self, stage: Stage) -> RetryPolicy:
         return self.retries[stage]
+
+
+def default_start_paused(kind: SpecKind, schedule: Schedule) -> bool:
+    """Paused only where unpausing would start work by itself: a cron DAG.
+
+    A retrain DAG must be unpaused to hear dataset events (Airflow drops an asset event for a
+    paused consumer), and a manual DAG only runs when someone triggers it, which should work
+    the first time.
+    """
+    return kind is SpecKind.PROFILE and schedule.enabled
 
 
 def _retries(data: dict[str, Any]) -> dict[Stage, RetryPolicy]:
@@ -109,6 +120,7 @@ def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
     compare = gate.get("compare_to_release", {})
     kind = SpecKind(data.get("kind", "profile"))
     trigger = data.get("trigger", {})
+    schedule = Schedule(**data.get("schedule", {"enabled": False}))
     return Spec(
         dag_id=data["dag_id"],
         kind=kind,
@@ -130,8 +142,9 @@ def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
         ),
         retries=_retries(data.get("retries", {})),
         timeouts={Stage(k): int(v) for k, v in data.get("timeouts", {}).items()},
-        schedule=Schedule(**data.get("schedule", {"enabled": False})),
+        schedule=schedule,
         max_active_runs=int(data.get("max_active_runs", 1)),
+        start_paused=bool(data.get("start_paused", default_start_paused(kind, schedule))),
         trigger=TriggerPolicy(
             allowed_profiles=tuple(trigger.get("allowed_profiles", [])),
             allowed_manifests=tuple(trigger.get("allowed_manifests", [])),

@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "announce",
         help="emit the Airflow asset event of a registered version (starts retrain DAGs)",
         description="POST the asset event peftflow-dataset://<name> with this manifest as "
-        "its extra, e.g. when the api-server was down during `register`.",
+        "its extra and say, per DAG scheduled on it, which run started (or that the DAG is "
+        "paused). Use it when Airflow was down during `register`, or after unpausing a "
+        "retrain DAG that missed the event. Exit 1 when no run could start.",
     )
     ann.add_argument("manifest", help="a *.manifest.json written by `register`")
     ann.set_defaults(func=_announce)
@@ -62,17 +64,21 @@ def _register(args: argparse.Namespace) -> int:
                                      args.source, args.notes, args.out)
     manifest = load_manifest(path)
     entry = manifest.files[0]
+    print(path, flush=True)  # first line of stdout, for scripts
     if created:
         print(f"registered {manifest.label}: {entry.records} records, {entry.bytes} bytes, "
               f"sha256 {entry.sha256[:12]}... -> {path}", file=sys.stderr)
-        if not args.no_announce:
+        if args.no_announce:
+            print(f"not announced (--no-announce): no run starts; to start the DAGs on this "
+                  f"version later: peftflow dataset announce {path}", file=sys.stderr)
+        else:
             from peftflow.triggers import announce_dataset
 
             announce_dataset(Path(path), manifest.name, manifest.version)
     else:
         print(f"{manifest.label} is already registered with identical content in {path}; "
-              "nothing changed", file=sys.stderr)
-    print(path)
+              "nothing changed and nothing starts (to start the DAGs on it again: "
+              f"peftflow dataset announce {path})", file=sys.stderr)
     return 0
 
 

@@ -180,9 +180,10 @@ class Live:
         return None
 
     # -- triggering and waiting ---------------------------------------------------------
-    def trigger_cli(self, dag_id: str, conf: dict[str, Any]) -> str:
-        done = self.airflow("dags", "trigger", dag_id, "--conf", json.dumps(conf),
-                            "-o", "json")
+    def trigger_cli(self, dag_id: str, conf: dict[str, Any] | None) -> str:
+        """`airflow dags trigger`, with `--conf` only when conf is not None."""
+        extra = [] if conf is None else ["--conf", json.dumps(conf)]
+        done = self.airflow("dags", "trigger", dag_id, *extra, "-o", "json")
         return str(parse_cli_json(done.stdout)[0]["dag_run_id"])
 
     def trigger_rest(self, dag_id: str, conf: dict[str, Any], retry_5xx: int = 0) -> str:
@@ -236,6 +237,15 @@ class Live:
             raise AssertionError(f"{dag_id} {run_id}: state {state!r} after {took:.0f}s, "
                                  f"expected {expect!r}\n{text}")
         return took
+
+    def wait_note(self, dag_id: str, run_id: str, timeout: float = 30) -> str:
+        """The run's note, which its run_summary task sets before the run ends."""
+        deadline = time.monotonic() + timeout
+        while True:
+            note = self.api(lambda: self.client.run(dag_id, run_id)).get("note") or ""
+            if note or time.monotonic() > deadline:
+                return str(note)
+            time.sleep(1)
 
     def wait_path(self, pattern: str, timeout: float, under: Path | None = None) -> Path:
         deadline = time.monotonic() + timeout

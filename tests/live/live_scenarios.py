@@ -41,8 +41,9 @@ INJECTION_ALL = "live_injection_all"  # rejected when parsed (hostile dag_id and
 RETRAIN = "live_retrain"
 BACKFILL = "live_backfill"
 RETRAIN_DATASET = "live-docs"
-# Unpausing a cron DAG with catchup off starts its latest run at once: the backfill test
-# unpauses it itself.
+# The pause policy (spec start_paused, default paused only for cron DAGs) leaves exactly this
+# DAG paused; unpausing a cron DAG with catchup off starts its latest run at once, so the
+# backfill test unpauses it itself.
 PAUSED_AT_START = (BACKFILL,)
 
 

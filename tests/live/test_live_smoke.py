@@ -43,6 +43,9 @@ def test_smoke_dag_triggered_by_the_cli_succeeds_and_releases(
     tis = deployment.task_instances(SMOKE, run_id)
     assert {t: ti["try_number"] for t, ti in tis.items()} == dict.fromkeys(tis, 1)
     durations = {t: round(float(ti["duration"] or 0), 1) for t, ti in tis.items()}
+    note = deployment.wait_note(SMOKE, run_id)  # set by the run_summary teardown
+    assert note.startswith(f"**Released smoke-cpu {manifest['version']}"), note
+    assert "- train_adapter: ran (" in note and "live test via CLI" in note, note
     measure("smoke run via CLI (s)", deployment.kind, wall=round(took, 1), **durations,
             release=manifest["version"])
 
@@ -98,8 +101,36 @@ def test_smoke_dag_triggered_by_rest_succeeds_and_reuses_finished_stages(
         after = registry.current_release("smoke-cpu")
         if len(reused) == 3:
             assert before is not None and after is not None and after.version == before.version
+            note = deployment.wait_note(SMOKE, run_id)
+            source = earlier[-1]["dag_run_id"]
+            assert note.startswith("**No new release: this adapter is already released"), note
+            assert f"- prepare_dataset: reused (nothing ran; result of run {source})" in note
     measure("smoke run via REST (s)", deployment.kind, wall=round(took, 1),
             reused=",".join(reused) or "none")
+
+
+def test_the_trigger_form_needs_no_input_and_a_trigger_without_conf_succeeds(
+        deployment: Live, measure: Callable[..., None]) -> None:
+    """The UI marks a typed param required unless its type allows null, and keeps Trigger
+    disabled while a required field is empty: every param must be optional or prefilled."""
+    details = deployment.api(lambda: deployment.client._send(
+        "GET", f"/api/v2/dags/{SMOKE}/details"))
+    params = details["params"]
+    assert {"note", "training_profile", "dataset_manifest", "force_rerun"} <= set(params)
+    required_without_default = []
+    for name, param in params.items():
+        schema = param.get("schema") or {}
+        types = schema.get("type")
+        optional = "null" in types if isinstance(types, list) else types == "null"
+        if not optional and param.get("value") in (None, ""):
+            required_without_default.append(name)
+        assert param.get("description"), f"{name} lost its description"
+    assert required_without_default == [], params
+    assert "override_gate" not in params  # the smoke spec does not allow overrides
+    run_id = deployment.trigger_cli(SMOKE, None)  # `airflow dags trigger DAG`, no --conf
+    took = deployment.wait_for(SMOKE, run_id, "success", timeout=600)
+    assert "Triggered by" in deployment.wait_note(SMOKE, run_id)
+    measure("trigger without conf (s)", deployment.kind, wall=round(took, 1))
 
 
 BAD_CONF: list[tuple[str, dict[str, Any]]] = [

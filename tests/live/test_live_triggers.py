@@ -34,14 +34,17 @@ def test_registering_a_new_dataset_version_starts_the_retrain_dag_on_it_once(
                        docs(120, 120))
     argv = ("dataset", "register", str(data), "--name", RETRAIN_DATASET, "--version", "v2")
     t0 = time.monotonic()
-    first = live.peftflow(*argv)
-    assert "asset event emitted" in first.stderr, first.stderr
+    first = live.peftflow(*argv)  # on the deployment as setup leaves it: nothing else
     runs = _wait_runs(live, RETRAIN, 1, timeout=120)
     assert len(runs) == 1, runs
     queued_after = time.monotonic() - t0
     run_id = str(runs[0]["dag_run_id"])
     assert runs[0]["run_type"] == "asset_triggered", runs[0]
+    assert f"{RETRAIN}: started run {run_id}" in first.stdout, (first.stdout, first.stderr)
     took = live.wait_for(RETRAIN, run_id, "success", timeout=600)
+    note = live.wait_note(RETRAIN, run_id)
+    assert note.startswith("**Released ") or note.startswith("**No new release"), note
+    assert f"Dataset: {RETRAIN_DATASET} v2" in note, note
     prepared = live.stage_status(RETRAIN, run_id, "prepare_dataset")
     metrics = prepared["metrics"]
     assert (metrics["dataset_name"], metrics["dataset_version"]) == (RETRAIN_DATASET, "v2")
@@ -49,7 +52,8 @@ def test_registering_a_new_dataset_version_starts_the_retrain_dag_on_it_once(
     assert inputs["data"] == str(data), inputs
 
     again = live.peftflow(*argv)
-    assert "already registered" in again.stderr and "asset event" not in again.stderr
+    assert "already registered" in again.stderr and "nothing starts" in again.stderr
+    assert "started run" not in again.stdout
     runs = _wait_runs(live, RETRAIN, 2, timeout=QUIET_S)
     assert len(runs) == 1, f"registering the same version again started a run: {runs}"
     measure("retrain on new dataset (asset event)", live.kind, version="v2",
