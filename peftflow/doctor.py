@@ -52,6 +52,37 @@ def pool_check() -> Check:
     return Check("pool gpu", "ok", "exists with 1 slot")
 
 
+def retrain_checks() -> list[Check]:
+    """A paused retrain DAG misses dataset events: Airflow drops them, nothing replays them."""
+    from peftflow.spec import SpecKind
+
+    settings.use_project_airflow_home()
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    specs = [sp for sp in validate.validate_paths([settings.get().project_root / "dag_specs"])
+             .specs if sp.kind is SpecKind.RETRAIN]
+    found = []
+    try:
+        with create_session() as session:
+            for sp in specs:
+                paused = session.scalar(select(DagModel.is_paused)
+                                        .where(DagModel.dag_id == sp.dag_id))
+                if paused:
+                    found.append(Check(f"retrain {sp.dag_id}", "warn", (
+                        f"paused: new {sp.dataset_name} versions start nothing. Fix: airflow "
+                        f"dags unpause {sp.dag_id} (and `peftflow dataset announce MANIFEST` "
+                        "for a version registered meanwhile)")))
+                elif paused is not None:
+                    found.append(Check(f"retrain {sp.dag_id}", "ok",
+                                       f"active: starts on each new {sp.dataset_name} version"))
+    except SQLAlchemyError:
+        return []  # pool_check already reports an unreadable metadata DB
+    return found
+
+
 def tokenizer_check() -> Check:
     """Which World tokenizer prepare_dataset uses: ours (C) is about 4x the Rust fallback."""
     from peftflow.dataset import tokenizer
@@ -247,6 +278,7 @@ def run(airflow_only: bool, profiles: list[str]) -> list[Check]:
     except PeftflowError as exc:
         checks.append(Check("orchestration profile", "fail", str(exc)))
     checks.append(pool_check())
+    checks.extend(retrain_checks())
     if airflow_only:
         return checks
     s = settings.get()

@@ -49,9 +49,15 @@ class RunSummary:
         lines += [f"  gate reason: {r}" for r in self.reasons]
         if self.dataset:
             lines.append(f"  dataset: {self.dataset}")
-        lines.append(f"  triggered by: {self.actor}" + (f", note: {self.note!r}"
-                                                        if self.note else ", no note"))
+        lines.append(f"  {self.started_by().lower()}" + (f", note: {self.note!r}"
+                                                          if self.note else ", no note"))
         return lines
+
+    def started_by(self) -> str:
+        """Who or what started the run, as a sentence start."""
+        return {"asset": "Started by a dataset event", "scheduler": "Started by the schedule",
+                "backfill": "Started by a backfill"}.get(self.actor,
+                                                         f"Triggered by {self.actor}")
 
     def note_markdown(self, limit: int = NOTE_MAX) -> str:
         """The DagRun note (Markdown in the UI), cut to Airflow's length limit."""
@@ -61,8 +67,8 @@ class RunSummary:
             parts += ["", "Gate:"] + [f"- {r}" for r in self.reasons]
         parts.append("")
         if self.dataset:
-            parts.append(f"Dataset: {self.dataset}. ")
-        parts.append(f"Triggered by {self.actor}" + (f": {self.note}" if self.note else "."))
+            parts.append(f"Dataset: {self.dataset}.")
+        parts.append(f"{self.started_by()}" + (f": {self.note}" if self.note else "."))
         text = "\n".join(parts)
         return text if len(text) <= limit else text[: limit - 2] + " …"
 

@@ -169,3 +169,27 @@ def test_missing_nvcc_for_the_cuda_kernel_names_the_check_command(
     check = doctor.nvcc_check(_gpu_profile(project_root, tmp_path), "fail")
     assert check.level == "fail" and "runtime.op: fla" in check.detail
     assert check.detail.endswith("then check: nvcc --version")
+
+
+def test_a_paused_retrain_dag_is_a_warning_naming_unpause_and_announce(airflow_db: None) -> None:
+    from airflow.models.dag import DagModel
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.merge(DagBundleModel(name="dags-folder"))
+        session.flush()
+        session.merge(DagModel(dag_id="rwkv7_smoke_retrain", is_paused=True,
+                               bundle_name="dags-folder"))
+    try:
+        [check] = doctor.retrain_checks()
+        assert check.level == "warn" and "paused" in check.detail
+        assert "airflow dags unpause rwkv7_smoke_retrain" in check.detail
+        assert "peftflow dataset announce" in check.detail
+        with create_session() as session:
+            session.get(DagModel, "rwkv7_smoke_retrain").is_paused = False
+        [check] = doctor.retrain_checks()
+        assert check.level == "ok"
+    finally:
+        with create_session() as session:
+            session.delete(session.get(DagModel, "rwkv7_smoke_retrain"))

@@ -49,7 +49,7 @@ def test_a_reused_stage_names_the_run_it_came_from_and_a_run_stage_its_duration(
     assert summary.dataset == "pydoc-docs v2"
     log = "\n".join(summary.log_lines())
     assert log.startswith(f"RUN SUMMARY d / {RUN}: Released smoke-cpu r0002")
-    assert "triggered by: alice, note: 'new docs'" in log
+    assert "triggered by alice, note: 'new docs'" in log
 
 
 def test_a_blocked_run_carries_the_gate_reasons_and_the_release_as_not_run() -> None:

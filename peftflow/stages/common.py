@@ -128,9 +128,3 @@ def duration(seconds: float) -> str:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-
-def eta(done: float, total: float, elapsed: float) -> str:
-    """Time left at the average pace since the start; prefer `Rate`, which skips warm-up."""
-    if done <= 0 or total <= 0:
-        return "?"
-    return duration(elapsed * (total - done) / done)

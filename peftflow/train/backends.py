@@ -10,7 +10,7 @@ from typing import Any
 
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.profile import PeftMethod, Profile
-from peftflow.stages.common import eta
+from peftflow.stages.common import Rate
 from peftflow.train import checkpoints, data, plots, resume, rwkv_peft
 
 STAGE = "train_adapter"
@@ -74,14 +74,15 @@ def run_rwkv_peft(prof: Profile, prefix: Path, out: Path,
         print(f"[{STAGE}] running {json.dumps(argv)}", file=sys.stderr, flush=True)
         todo = (t.epoch_count - begin) * resume.steps_per_epoch(prof)
         t0 = time.monotonic()
+        rate = Rate(todo)  # recent pace: model load and kernel compilation are not steps
 
         def tick() -> None:
             records = plots.read_loss_data(out / "loss_data.jsonl")
             if records:
-                last_rec, elapsed = records[-1], time.monotonic() - t0
-                print(f"[{STAGE}] step {len(records)}/{todo} loss {last_rec['loss']:.4f} "
-                      f"tokens/s {1000 * float(last_rec.get('kt_s', 0)):.0f} "
-                      f"ETA {eta(len(records), todo, elapsed)}", file=sys.stderr, flush=True)
+                rate.update(len(records))
+                print(f"[{STAGE}] step {len(records)}/{todo} loss {records[-1]['loss']:.4f} "
+                      f"tokens/s {1000 * float(records[-1].get('kt_s', 0)):.0f} "
+                      f"ETA {rate.eta()}", file=sys.stderr, flush=True)
 
         try:
             rwkv_peft.run(argv, prof.rwkv_peft.checkout_path(), tick)
