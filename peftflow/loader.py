@@ -29,7 +29,8 @@ from peftflow.spec import GPU_POOL, GPU_STAGES
 log = logging.getLogger("peftflow.loader")
 
 REPORT_DAG_ID = "peftflow_not_loaded"
-INVALID_PREFIX = "invalid_spec__"
+INVALID_PREFIX = validate.RESERVED_PREFIXES[0]  # specs may not take these ids
+assert REPORT_DAG_ID in validate.RESERVED_IDS
 
 
 def _dag_class() -> type:
@@ -128,13 +129,16 @@ def _invalid_spec_dag(file: str, problems: list[Problem], taken: set[str]) -> An
         n += 1
         dag_id = f"{INVALID_PREFIX}{stem}_{n}"
     text = "\n".join(str(p) for p in problems)
+    # a fence longer than any backtick run in the text: a message cannot close it early
+    fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
+    heading = file.replace("`", "'")
     dag = DAG(
         dag_id=dag_id,
         dag_display_name=f"INVALID SPEC {file}",
         description=f"INVALID SPEC {file}: {problems[0].path}: {problems[0].message}"[:1000],
-        doc_md=(f"# Invalid spec `{file}`\n\nNo training DAG was built from this file. "
-                f"Fix these problems (`peftflow validate` prints the same):\n\n```\n{text}"
-                "\n```\n"),
+        doc_md=(f"# Invalid spec `{heading}`\n\nNo training DAG was built from this file. "
+                f"Fix these problems (`peftflow validate` prints the same):\n\n{fence}\n"
+                f"{text}\n{fence}\n"),
         schedule=None,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,

@@ -9,6 +9,7 @@ specs validate on any machine.
 from __future__ import annotations
 
 import json
+import unicodedata
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,15 +22,29 @@ from peftflow.hashing import sha256_bytes
 from peftflow.speccache import SpecCache
 
 SPEC_SUFFIXES = (".yaml", ".yml")
+FREE_TEXT = frozenset({"$.description"})  # may span lines
+RESERVED_PREFIXES = ("invalid_spec__",)  # the loader's placeholder DAGs
+RESERVED_IDS = frozenset({"peftflow_not_loaded"})
+MAX_PROBLEMS = 50  # per file
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc"
 
 
 def display_path(path: Path) -> str:
-    """Project-relative path for messages when the file is inside the project."""
+    """Project-relative path for messages when the file is inside the project; control
+    characters escaped, so a file named with a newline or an escape code cannot forge a log
+    line or a terminal's output."""
     root = settings.get().project_root
     try:
-        return str(path.resolve().relative_to(root))
+        shown = str(path.resolve().relative_to(root))
     except ValueError:
-        return str(path)
+        shown = str(path)
+    if any(_is_control(c) for c in shown):
+        shown = "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c
+                        for c in shown)
+    return shown
 
 
 def resolve_ref(value: str) -> Path:
@@ -91,6 +106,8 @@ class _Checker:
             except (KeyError, TypeError, AttributeError, IndexError, ValueError):
                 return None  # that part is already reported by the schema
 
+        step(self._text)
+        step(self._reserved_id)
         prof = step(self._training_profile)
         manifest = step(self._dataset_manifest)
         step(self._suites)
@@ -99,6 +116,32 @@ class _Checker:
         step(self._retries)
         step(self._consistency, prof, manifest)
         step(self._orchestration)
+
+    def _text(self) -> None:
+        """No control characters in any value: JSON-Schema patterns end in `$`, which Python
+        matches before a trailing newline, so `dag_id: "x\n"` would pass them; a newline or
+        an escape code in a value could also forge log lines. Free text may hold \n and \t."""
+        stack: list[tuple[str, Any]] = [("$", self.data)]
+        while stack:
+            path, value = stack.pop()
+            if isinstance(value, dict):
+                stack.extend((yamlmarks.child_path(path, k), v) for k, v in value.items())
+            elif isinstance(value, list):
+                stack.extend((yamlmarks.child_path(path, i), v) for i, v in enumerate(value))
+            elif isinstance(value, str):
+                allowed = "\n\t" if path in FREE_TEXT else ""
+                bad = next((c for c in value if _is_control(c) and c not in allowed), None)
+                if bad is not None:
+                    self.add(path, f"contains the control character U+{ord(bad):04X} "
+                             f"({bad!r}); remove it (a trailing newline comes from a YAML "
+                             "'|' block or a quoted \"\\n\")")
+
+    def _reserved_id(self) -> None:
+        dag_id = self.data["dag_id"]
+        if isinstance(dag_id, str) and (dag_id.startswith(RESERVED_PREFIXES)
+                                        or dag_id in RESERVED_IDS):
+            self.add("$.dag_id", f"{dag_id!r} is reserved for peftflow's own placeholder DAGs "
+                     "(invalid_spec__*, peftflow_not_loaded); choose another dag_id")
 
     def _training_profile(self) -> profile.Profile | None:
         resolved = self.ref("$.training_profile", self.data["training_profile"],
@@ -275,16 +318,13 @@ def load_spec(path: Path, ctx: _Context | None = None,
     """
     ctx = ctx or _Context(active=_active_profile())
     shown = display_path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError([Problem(shown, 1, 1, "$", "file not found")]) from None
+    raw = yamlmarks.read_limited(str(path), shown)  # regular files of bounded size only
     digest = sha256_bytes(raw)
     if cache is not None:
         data = cache.get(path, digest)
         if data is not None:
             return spec.from_data(data, path.resolve(), digest)
-    marked = yamlmarks.load_file(str(path), shown)
+    marked = yamlmarks.load_bytes(raw, shown)
     if not isinstance(marked.data, dict):
         kind = type(marked.data).__name__
         raise SpecError([Problem(shown, *marked.locate("$"), "$", f"the document is a {kind}, "
@@ -295,6 +335,10 @@ def load_spec(path: Path, ctx: _Context | None = None,
     found = schema_problems + [p for p in checker.problems
                                if not any(_related(p.path, s.path) for s in schema_problems)]
     # (a missing top-level key is reported at "$", which relates only to itself)
+    if len(found) > MAX_PROBLEMS:  # the first ones say what is wrong; thousands say no more
+        more = len(found) - MAX_PROBLEMS
+        found = [*found[:MAX_PROBLEMS], Problem(shown, 1, 1, "$", f"... and {more} more "
+                                                "problem(s) of this file not shown")]
     if found:
         raise SpecError(found)
     if cache is not None:
@@ -311,14 +355,38 @@ def _related(a: str, b: str) -> bool:
 
 
 def spec_files(paths: Iterable[Path]) -> list[Path]:
+    """The specs to load: `*.yaml`/`*.yml` (lower case, not hidden) of each folder, and each
+    file named directly. Whether an entry is a regular file is checked when it is read."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir()
-                                if p.suffix in SPEC_SUFFIXES and not p.name.startswith(".")))
+            files.extend(sorted(p for p in path.iterdir() if _is_spec_name(p.name)))
         else:
             files.append(path)
     return files
+
+
+def _is_spec_name(name: str) -> bool:
+    return Path(name).suffix in SPEC_SUFFIXES and not name.startswith(".")
+
+
+def stray_files(paths: Iterable[Path]) -> dict[Path, SpecError]:
+    """Entries of spec folders that look like specs but are not read, each with the reason
+    (a hidden `.x.yaml`, `X.YAML`, `x.yaml.bak`): reported, never skipped silently."""
+    found: dict[Path, SpecError] = {}
+    for folder in paths:
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            name = entry.name
+            if _is_spec_name(name) or not any(s in name.lower() for s in SPEC_SUFFIXES):
+                continue
+            why = ("is hidden (starts with '.'), so it is not read; rename it without the dot "
+                   "or move it out of the folder" if name.startswith(".") else
+                   "is not read: only names ending in lower-case .yaml or .yml are specs; "
+                   "rename it, or move it out of the folder")
+            found[entry] = SpecError([Problem(display_path(entry), 1, 1, "$", why)])
+    return found
 
 
 @dataclass
@@ -334,26 +402,34 @@ class Result:
 def validate_paths(paths: Iterable[Path], cache: SpecCache | None = None) -> Result:
     """Validate every spec under `paths`; dag ids must be unique across all of them."""
     ctx = _Context(active=_active_profile())
-    specs: list[spec.Spec] = []
-    errors: dict[Path, SpecError] = {}
-    seen: dict[str, spec.Spec] = {}
+    paths = list(paths)
+    errors: dict[Path, SpecError] = stray_files(paths)
+    by_id: dict[str, list[spec.Spec]] = {}
     for file in spec_files(paths):
         try:
             loaded = load_spec(file, ctx, cache)
         except SpecError as exc:
             errors[file] = exc
             continue
-        first = seen.get(loaded.dag_id)
-        if first is not None:
-            marked = yamlmarks.load_file(str(file), display_path(file))
-            line, col = marked.locate("$.dag_id")
+        except Exception as exc:  # one spec must never break the others (or the DAG file)
             errors[file] = SpecError([Problem(
-                display_path(file), line, col, "$.dag_id",
-                f"dag_id {loaded.dag_id!r} is already used by {display_path(first.path)}; "
-                "dag ids must be unique, rename one")])
+                display_path(file), 1, 1, "$", f"could not be validated: {type(exc).__name__}:"
+                f" {str(exc)[:200]}; this is a peftflow bug: please report it with the file")])
             continue
-        seen[loaded.dag_id] = loaded
-        specs.append(loaded)
+        by_id.setdefault(loaded.dag_id, []).append(loaded)
+    specs: list[spec.Spec] = []
+    for dag_id, same in by_id.items():
+        if len(same) == 1:
+            specs.append(same[0])
+            continue
+        for one in same:  # none wins: a copied file must not take over another's DAG
+            others = ", ".join(display_path(o.path) for o in same if o is not one)
+            marked = yamlmarks.load_file(str(one.path), display_path(one.path))
+            line, col = marked.locate("$.dag_id")
+            errors[one.path] = SpecError([Problem(
+                display_path(one.path), line, col, "$.dag_id",
+                f"dag_id {dag_id!r} is also used by {others}; dag ids must be unique, so "
+                "neither becomes a DAG until one is renamed")])
     if cache is not None:
         cache.save()
-    return Result(specs, errors)
+    return Result(sorted(specs, key=lambda s: str(s.path)), errors)

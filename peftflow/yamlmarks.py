@@ -3,11 +3,19 @@
 `load(text, file)` returns the plain data and a map from JSON path ("$.gate.domain") to the
 1-based (line, column) of that node, so a validation error can point at the exact spot.
 Safe loading only; duplicate keys are an error (PyYAML would silently keep the last one).
+
+Every file the project reads this way is a small config file, so limits are checked before
+any expensive work, and a hostile file fails with a located message instead of exhausting
+the parser: only regular files (a FIFO would block, /dev/zero never ends), at most
+MAX_BYTES, nesting at most MAX_DEPTH, at most MAX_NODES nodes, and no aliases (`*name`):
+an alias "bomb" of a few lines expands to billions of nodes, and no config here needs one.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +26,12 @@ from peftflow.errors import Problem, SpecError
 # libyaml's parser when PyYAML was built with it: about 10x faster, same nodes and marks.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_BYTES = 1_000_000  # a spec or profile is a few KB
+MAX_DEPTH = 32  # the deepest config nests 5 levels
+MAX_NODES = 20_000
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
 
 
 def child_path(parent: str, key: object) -> str:
@@ -84,9 +98,38 @@ class _Builder:
         return SpecError([Problem(self.file, mark.line + 1, mark.column + 1, path, message)])
 
 
+def _located(file: str, mark: Any, message: str) -> SpecError:
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return SpecError([Problem(file, line, col, "$", message)])
+
+
+def _check_shape(text: str, file: str) -> None:
+    """Refuse aliases, deep nesting and huge node counts from the event stream (iterative,
+    so a 100,000-deep list cannot exhaust the recursion of the composer)."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            raise _located(file, event.start_mark, f"alias *{event.anchor} is not allowed: "
+                           "aliases and anchors are refused in peftflow YAML (a few aliases "
+                           "can expand to billions of nodes); write the value out")
+        if isinstance(event, yaml.NodeEvent):
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise _located(file, event.start_mark, f"more than {MAX_NODES} YAML nodes; "
+                               "a peftflow config is small: split or shorten this file")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _located(file, event.start_mark, f"nested deeper than {MAX_DEPTH} "
+                               "levels; flatten this value")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def load(text: str, file: str) -> Marked:
     """Parse one YAML document; raise SpecError with a located message on any problem."""
     try:
+        _check_shape(text, file)
         node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -109,13 +152,47 @@ def load(text: str, file: str) -> Marked:
     return Marked(data, builder.marks, builder.key_marks)
 
 
-def load_file(path: str, display: str | None = None) -> Marked:
-    shown = display or path
+def read_limited(path: str, shown: str, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; SpecError (FILE:1:1) otherwise.
+
+    Opened non-blocking, so a FIFO named like a config file cannot hang the reader."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise SpecError([Problem(shown, 1, 1, "$", "file not found")]) from None
+    except OSError as exc:
+        raise SpecError([Problem(shown, 1, 1, "$", f"cannot open: {exc.strerror}; check "
+                                 "the path and its permissions")]) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        kind = next((name for test, name in _KINDS if test(mode)), None)
+        if kind is not None or not stat.S_ISREG(mode):
+            raise SpecError([Problem(shown, 1, 1, "$", f"is {kind or 'not a regular file'}, "
+                                     "not a regular file; remove it or replace it with a file")])
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise SpecError([Problem(shown, 1, 1, "$", f"cannot read: {exc.strerror}")]) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise SpecError([Problem(shown, 1, 1, "$", f"larger than {limit:,} bytes; a peftflow "
+                                 "config is a few KB: is this the right file?")])
+    return b"".join(chunks)
+
+
+def load_file(path: str, display: str | None = None) -> Marked:
+    shown = display or path
+    return load_bytes(read_limited(path, shown), shown)
+
+
+def load_bytes(raw: bytes, shown: str) -> Marked:
+    """`load` of a file's bytes, which must be UTF-8."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -48,12 +48,14 @@ def test_problem_lines_point_into_the_spec_file_itself() -> None:
     assert source[problem.line - 1][problem.col - 1:].startswith("-0.1")
 
 
-def test_duplicate_dag_ids_across_files_are_reported_on_the_second_file() -> None:
+def test_duplicate_dag_ids_make_both_files_invalid_each_naming_the_other() -> None:
+    """A copied spec must not take over the original's DAG (the first sorted used to win)."""
     result = validate.validate_paths([FIXTURES / "duplicate"])
-    assert [s.path.name for s in result.specs] == ["a.yaml"]
-    (problem,) = result.problems
-    assert problem.file.endswith("b.yaml") and problem.path == "$.dag_id"
-    assert "already used by" in problem.message and "a.yaml" in problem.message
+    assert result.specs == []
+    first, second = sorted(result.problems, key=lambda p: p.file)
+    assert first.file.endswith("a.yaml") and "b.yaml" in first.message
+    assert second.file.endswith("b.yaml") and "a.yaml" in second.message
+    assert all(p.path == "$.dag_id" and "also used by" in p.message for p in (first, second))
 
 
 def test_project_specs_are_all_valid(project_root: Path) -> None:
