@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peftflow import cli, expand, settings, validate
+from peftflow.errors import PeftflowError, Problem, SpecError
 
 
 def _default_paths(paths: list[str]) -> list[Path]:
@@ -18,21 +19,41 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def _orchestration_problems() -> list[Problem]:
+    """configs/orchestration.yaml decides whether any DAG is built: a broken one is a
+    problem of `validate` too, not only of the loader."""
+    from peftflow import orchestration
+
+    path = settings.get().orchestration_config
+    try:
+        orchestration.load(path)
+    except SpecError as exc:
+        return exc.problems
+    except PeftflowError as exc:
+        return [Problem(validate.display_path(path), 1, 1, "$", str(exc))]
+    except ValueError as exc:  # an unknown profile name that the schema let through
+        return [Problem(validate.display_path(path), 1, 1, "$.active_profile", str(exc))]
+    return []
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     paths = _default_paths(args.paths)
     missing = [p for p in paths if not p.exists()]
     for path in missing:
         print(f"{path}:1:1: $: file or folder not found")
+    config_problems = _orchestration_problems()
+    for problem in config_problems:
+        print(problem)
     result = validate.validate_paths([p for p in paths if p.exists()])
     for problem in result.problems:
         print(problem)
-    failed = bool(result.errors or missing)
+    failed = bool(result.errors or missing or config_problems)
     if args.quiet:
         return 1 if failed else 0
     valid = _plural(len(result.specs), "spec") + " valid"
     if failed:
-        problems = len(result.problems) + len(missing)
-        files = len(result.errors) + len(missing)
+        problems = len(result.problems) + len(missing) + len(config_problems)
+        files = len(result.errors) + len(missing) + bool(config_problems)
         print(f"{_plural(problems, 'problem')} in {_plural(files, 'file')}"
               + (f", {valid}" if result.specs else ""))
     elif result.specs:

@@ -8,6 +8,7 @@ specs validate on any machine.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import unicodedata
 import zoneinfo
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftflow import orchestration, profile, schemas, settings, spec, yamlmarks
+from peftflow import expand, orchestration, profile, schemas, settings, spec, yamlmarks
 from peftflow.errors import PeftflowError, Problem, SpecError
 from peftflow.hashing import sha256_bytes
 from peftflow.speccache import SpecCache
@@ -26,6 +27,8 @@ FREE_TEXT = frozenset({"$.description"})  # may span lines
 RESERVED_PREFIXES = ("invalid_spec__",)  # the loader's placeholder DAGs
 RESERVED_IDS = frozenset({"peftflow_not_loaded"})
 MAX_PROBLEMS = 50  # per file
+CRON_HORIZON_DAYS = 400  # a schedule that fires less than about yearly is a typo
+MAX_CATCHUP_RUNS = 100  # one GPU: a larger backlog would queue for days
 
 
 def _is_control(char: str) -> bool:
@@ -233,7 +236,19 @@ class _Checker:
                      "cron: '0 3 * * 1', or set enabled: false for manual runs only")
         if cron and not _cron_ok(cron):
             self.add("$.schedule.cron", f"{cron!r} is not a valid cron expression; use five "
-                     "fields 'minute hour day-of-month month day-of-week', e.g. '0 3 * * 1'")
+                     "fields 'minute hour day-of-month month day-of-week', e.g. '0 3 * * 1', "
+                     "or a preset (@hourly, @daily, @weekly, @monthly, @yearly)")
+        elif cron and _fires_within(cron, CRON_HORIZON_DAYS) is None:
+            self.add("$.schedule.cron", f"{cron!r} never fires (or less than once in "
+                     f"{CRON_HORIZON_DAYS} days), e.g. a day that no month has; fix the day "
+                     "and month fields")
+        elif cron and sched["enabled"] and sched.get("catchup"):
+            backlog = _runs_since(cron, expand.START_DATE, MAX_CATCHUP_RUNS + 1)
+            if backlog > MAX_CATCHUP_RUNS:
+                self.add("$.schedule.catchup", f"catchup: true would create more than "
+                         f"{MAX_CATCHUP_RUNS} runs at once (every {cron!r} since the DAG's "
+                         f"start date {expand.START_DATE}); set catchup: false and backfill "
+                         "the range you need with `airflow backfill create`")
         tz = sched.get("timezone", "UTC")
         try:
             zoneinfo.ZoneInfo(tz)
@@ -286,6 +301,34 @@ def _cron_ok(expr: str) -> bool:
         return expr in {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually",
                         "@midnight"}
     return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
+
+
+def _fires_within(expr: str, days: int) -> dt.datetime | None:
+    """The next fire time within `days` from now, or None (never, or too rarely)."""
+    from croniter import CroniterBadDateError, croniter
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        nxt = croniter(expr, now, max_years_between_matches=1 + days // 365).get_next(
+            dt.datetime)
+    except (CroniterBadDateError, ValueError, KeyError):
+        return None
+    return nxt if nxt - now <= dt.timedelta(days=days) else None
+
+
+def _runs_since(expr: str, start: str, stop_at: int) -> int:
+    """How many times `expr` fired from `start` until now, counting at most `stop_at`."""
+    from croniter import CroniterBadDateError, croniter
+
+    now = dt.datetime.now(dt.UTC)
+    it = croniter(expr, dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC))
+    count = 0
+    try:
+        while count < stop_at and it.get_next(dt.datetime) <= now:
+            count += 1
+    except CroniterBadDateError:
+        pass  # no further fire time: the count so far is the backlog
+    return count
 
 
 def _suite_kind(path: Path) -> str | SpecError:

@@ -13,6 +13,7 @@ an alias "bomb" of a few lines expands to billions of nodes, and no config here 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -76,6 +77,9 @@ class _Builder:
                 key = self.constructor.construct_object(key_node, deep=True)
                 if isinstance(key, (list, dict)):
                     raise self._problem(key_node, path, "a mapping key must be a plain scalar")
+                surprise = _surprise(key_node, key)
+                if surprise:  # `on:` as a key is the boolean true in YAML 1.1
+                    raise self._problem(key_node, path, f"key {surprise}")
                 sub = child_path(path, key)
                 if key in result:
                     raise self._problem(
@@ -91,11 +95,43 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, child_path(path, i)) for i, item in enumerate(node.value)]
-        return self.constructor.construct_object(node, deep=True)
+        value = self.constructor.construct_object(node, deep=True)
+        surprise = _surprise(node, value)
+        if surprise:
+            raise self._problem(node, path, surprise)
+        return value
 
     def _problem(self, node: yaml.Node, path: str, message: str) -> SpecError:
         mark = node.start_mark
         return SpecError([Problem(self.file, mark.line + 1, mark.column + 1, path, message)])
+
+
+_PLAIN_BOOL = {"true", "false"}
+_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+
+
+def _surprise(node: yaml.Node, value: Any) -> str | None:
+    """A plain scalar that YAML 1.1 reads as something its author rarely means, or a number
+    that no config can use: refused with the fix instead of failing hours later."""
+    if not isinstance(node, yaml.ScalarNode) or node.style:  # quoted: a string, as written
+        return None
+    raw = str(node.value)
+    if isinstance(value, bool) and raw.lower() not in _PLAIN_BOOL:
+        return (f"{raw!r} is read as the boolean {str(value).lower()} by YAML 1.1; write "
+                f"{str(value).lower()} for a boolean, or quote it (\"{raw}\") for a string")
+    if isinstance(value, int) and not isinstance(value, bool) and not _PLAIN_INT.fullmatch(raw):
+        how = "a base-60 (sexagesimal) number" if ":" in raw else "an octal, hex or binary" \
+            " number" if re.match(r"[-+]?0[0-9xXbBoO]", raw) else "a number with separators"
+        return (f"{raw!r} is read as {how} ({value}) by YAML 1.1; write the plain decimal "
+                f"{value}, or quote it (\"{raw}\") for a string")
+    if isinstance(value, float):
+        if ":" in raw:
+            return (f"{raw!r} is read as the base-60 number {value} by YAML 1.1; quote it "
+                    f"(\"{raw}\") for a string, or write the decimal")
+        if not math.isfinite(value):
+            return (f"{raw!r} is not a finite number (NaN and infinities are never valid "
+                    "here); write a number such as 0.01")
+    return None
 
 
 def _located(file: str, mark: Any, message: str) -> SpecError:

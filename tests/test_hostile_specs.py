@@ -108,3 +108,82 @@ def test_the_dag_folder_keeps_every_valid_dag_and_a_placeholder_per_bad_file_wit
         assert "\x1b" not in (dag.doc_md or "") and "\x1b" not in (dag.description or "")
     print(f"DAG folder with {len(CORPUS)} hostile files parsed in {took:.2f} s")
     assert took < PARSE_BOUND_S, f"parsing the DAG folder took {took:.1f} s"
+
+
+def _schedule(block: str) -> str:
+    old = 'schedule:\n  enabled: false\n  cron: "0 3 * * 1"'
+    assert old in SMOKE
+    return SMOKE.replace(old, block)
+
+
+# "valid means it will run": values that used to validate and fail hours later
+WILL_NOT_RUN = {
+    "nan_threshold": (SMOKE.replace("min_loss_improvement: 0.01", "min_loss_improvement: .nan"),
+                      r"\$\.gate\.domain\.min_loss_improvement: '\.nan' is not a finite number"),
+    "inf_threshold": (SMOKE.replace("min_loss_improvement: 0.01", "min_loss_improvement: .inf"),
+                      "'.inf' is not a finite number"),
+    "cron_never": (_schedule("schedule:\n  enabled: true\n  cron: '0 0 31 2 *'"),
+                   "'0 0 31 2 \\*' never fires"),
+    "catchup_backlog": (_schedule("schedule:\n  enabled: true\n  cron: '@hourly'\n"
+                                  "  catchup: true"), "would create more than 100 runs"),
+    "yes_as_tag": (SMOKE.replace("tags: [smoke, cpu, lora]", "tags: [smoke, on]"),
+                   r"\$\.tags\[1\]: 'on' is read as the boolean true"),
+    "octal_owner": (SMOKE.replace("owner: ml-platform", "owner: 0755"),
+                    r"'0755' is read as an octal"),
+    "clock_owner": (SMOKE.replace("owner: ml-platform", "owner: 15:00"),
+                    r"'15:00' is read as a base-60 \(sexagesimal\) number \(900\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WILL_NOT_RUN))
+def test_a_value_that_would_fail_later_is_refused_at_validation(
+        case: str, tmp_path: Path) -> None:
+    from peftflow import validate
+    from peftflow.errors import SpecError
+
+    text, message = WILL_NOT_RUN[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        validate.load_spec(path)
+    assert re.search(message, str(caught.value)), str(caught.value)
+
+
+def test_a_cron_preset_is_accepted_by_schema_and_code_alike(tmp_path: Path) -> None:
+    from peftflow import expand, validate
+
+    path = tmp_path / "preset.yaml"
+    path.write_text(_schedule("schedule:\n  enabled: true\n  cron: '@daily'"))
+    spec = validate.load_spec(path)
+    assert spec.schedule.cron == "@daily" and spec.start_paused  # cron DAGs start paused
+    timetable = expand.dag_config(spec)[spec.dag_id]["schedule"]
+    assert timetable["__args__"] == ["@daily"]
+
+
+def test_a_nan_learning_rate_in_a_profile_is_refused_where_it_is_written(tmp_path: Path) -> None:
+    from peftflow import profile
+    from peftflow.errors import SpecError
+
+    text = (ROOT / "configs" / "profiles" / "smoke_cpu.yaml").read_text()
+    path = tmp_path / "nan_lr.yaml"
+    path.write_text(text.replace("lr_init: 0.02", "lr_init: .nan"))
+    with pytest.raises(SpecError, match=r"lr_init: '\.nan' is not a finite number"):
+        profile.load(path)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("active_profile: both\n", "'both' is not one of"),
+    ("active_profile: airflow\nactive_profile: mlops-lite\n", "duplicate key"),
+    ("- airflow\n", "is not of type 'object'"),
+    ("", "the file is empty"),
+])
+def test_a_broken_orchestration_config_fails_validate_too(
+        config: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "orchestration.yaml"
+    path.write_text(config)
+    done = subprocess.run([sys.executable, "-m", "peftflow.cli", "validate"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PEFTFLOW_ORCHESTRATION_CONFIG": str(path)})
+    assert done.returncode == 1
+    assert f"{path}:" in done.stdout and message in done.stdout, done.stdout
+    assert "Traceback" not in done.stderr
