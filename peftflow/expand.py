@@ -54,7 +54,13 @@ def trigger_params(spec: Spec) -> dict[str, Any]:
     params["force_rerun"] = _param(
         False, "Run every stage again even when an identical earlier result could be reused.",
         type="boolean")
-    if spec.gate.allow_override:
+    if not spec.gate.allow_override:
+        # declared (const, so the form hides it) only so that Airflow refuses a trigger
+        # asking for an override before a run exists, instead of a run blocking later
+        params["override_gate"] = _param(
+            False, "Not allowed by this spec (gate.allow_override is false).",
+            type="boolean", const=False)
+    else:
         params["override_gate"] = _param(
             False, "Release even if the gate fails (audited; needs override_reason).",
             type="boolean")

@@ -149,3 +149,21 @@ def test_gpu_stages_always_use_the_gpu_pool_even_if_expansion_is_tampered(  # ty
     placeholders = [d for d in built if d.startswith("invalid_spec__")]
     assert placeholders
     assert "outside pool 'gpu'" in built[placeholders[0]].doc_md
+
+
+def test_params_are_optional_or_prefilled_and_an_unallowed_override_is_refused(  # type: ignore[no-untyped-def]
+        project_bag) -> None:
+    import pytest as _pytest
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    dag = project_bag.dags["rwkv7_smoke_cpu"]
+    dag.params.validate()  # the defaults alone are a valid trigger (no --conf needed)
+    schema = {name: dag.params.get_param(name).schema for name in dag.params}
+    assert "null" in schema["note"]["type"]
+    assert schema["override_gate"].get("const") is False  # hidden, and only false passes
+    import copy
+
+    asked = copy.deepcopy(dag.params)
+    with _pytest.raises(ParamValidationError, match="override_gate"):
+        asked.update({"override_gate": True})  # what a trigger's conf does to the params
+        asked.validate()

@@ -126,7 +126,9 @@ def test_the_trigger_form_needs_no_input_and_a_trigger_without_conf_succeeds(
             required_without_default.append(name)
         assert param.get("description"), f"{name} lost its description"
     assert required_without_default == [], params
-    assert "override_gate" not in params  # the smoke spec does not allow overrides
+    # the smoke spec allows no override: the param exists only as const false (hidden)
+    assert params["override_gate"]["schema"].get("const") is False
+    assert "override_reason" not in params
     run_id = deployment.trigger_cli(SMOKE, None)  # `airflow dags trigger DAG`, no --conf
     took = deployment.wait_for(SMOKE, run_id, "success", timeout=600)
     assert "Triggered by" in deployment.wait_note(SMOKE, run_id)
@@ -139,6 +141,7 @@ BAD_CONF: list[tuple[str, dict[str, Any]]] = [
      {"training_profile": "configs/profiles/rwkv7_1b5_lora.yaml"}),
     ("dataset_manifest not in the enum", {"dataset_manifest": "../../etc/passwd"}),
     ("force_rerun not a boolean", {"force_rerun": "yes please"}),
+    ("override_gate on a spec that allows no override", {"override_gate": True}),
 ]
 
 
