@@ -37,8 +37,7 @@ class ModelConfig:
 
     def base_model_path(self) -> Path:
         """The base model file: relative paths resolve under the models root."""
-        path = Path(self.base_model).expanduser()
-        return path if path.is_absolute() else settings.get().models_root / path
+        return _models_path(self.base_model)
 
 
 @dataclass(frozen=True)
@@ -128,6 +127,45 @@ def _project_path(value: str) -> Path:
     return path if path.is_absolute() else settings.get().project_root / path
 
 
+def _models_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else settings.get().models_root / path
+
+
+def resolve_as_written(path: Path) -> Path:
+    """`path` with the symlinks of its folders resolved, but not a symlink at its end.
+
+    For an interpreter: a venv's bin/python is a symlink to /usr/bin/python3.x, and what the
+    profile names (and what we trust) is the venv, so the link itself must lie inside the
+    allowed roots, not its target. The folders are still resolved, so `vendor/link/../x`
+    is judged where the kernel would open it.
+    """
+    path = path if path.is_absolute() else Path.cwd() / path
+    if path.name in ("", ".."):
+        return path.resolve()
+    return path.parent.resolve() / path.name
+
+
+def path_problem(value: str, resolved: Path, source: Path, what: str) -> str | None:
+    """Why `value` (written in the file `source`, resolved to `resolved`) may not be used, or
+    None: it must lie inside the allowed roots or inside the folder that holds `source`.
+
+    The second case keeps a profile, suite or manifest usable next to its own files outside
+    the project (a scratch folder); the deployment only reads such files from inside the
+    allowed roots (see validate.py), so it never widens what a spec can reach.
+    """
+    from peftflow import validate  # here: validate imports this module
+
+    beside = source.resolve().parent
+    if validate.inside_allowed_roots(resolved) or (
+            beside != Path(beside.anchor) and resolved.is_relative_to(beside)):
+        return None
+    roots = ", ".join(str(r) for r in settings.get().allowed_roots)
+    return (f"{value!r} resolves to {resolved}, outside the allowed roots ({roots}) and "
+            f"outside {beside}, the folder of this file; move {what} under the project or "
+            "models root, or add its folder to PEFTFLOW_ALLOWED_ROOTS")
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -178,6 +216,29 @@ def _semantic_problems(data: dict[str, Any], marked: yamlmarks.Marked, file: str
     return found
 
 
+def _path_problems(data: dict[str, Any], marked: yamlmarks.Marked, file: str,
+                   source: Path) -> list[Problem]:
+    """Every path of the profile must stay inside the allowed roots (see `path_problem`)."""
+    rwkv = data.get("rwkv_peft", {})
+    checks = [("$.model.base_model", data["model"]["base_model"], _models_path,
+               "the base model")]
+    if "checkout" in rwkv:
+        checks.append(("$.rwkv_peft.checkout", rwkv["checkout"], _project_path,
+                       "the RWKV-PEFT checkout"))
+    if "python" in rwkv:
+        checks.append(("$.rwkv_peft.python", rwkv["python"], _project_path,
+                       "the RWKV-PEFT interpreter"))
+    found: list[Problem] = []
+    for yaml_path, value, place, what in checks:
+        where = place(value)
+        # The interpreter is judged as written (a venv symlink), everything else by its target.
+        resolved = resolve_as_written(where) if yaml_path.endswith("python") else where.resolve()
+        message = path_problem(value, resolved, source, what)
+        if message:
+            found.append(Problem(file, *marked.locate(yaml_path), yaml_path, message))
+    return found
+
+
 def load(path: str | Path, display: str | None = None) -> Profile:
     """Load, validate and type a profile; raise SpecError with located problems."""
     path = Path(path)
@@ -185,7 +246,8 @@ def load(path: str | Path, display: str | None = None) -> Profile:
     marked = yamlmarks.load_file(str(path), shown)
     schemas.check(marked, "profile", shown)
     data: dict[str, Any] = marked.data
-    problems = _semantic_problems(data, marked, shown)
+    problems = _semantic_problems(data, marked, shown) + _path_problems(data, marked, shown,
+                                                                         path)
     if problems:
         raise SpecError(problems)
     model, peft = data["model"], data["peft"]

@@ -46,7 +46,11 @@ def test_register_writes_the_manifest_beside_the_data_and_leaves_the_data_alone(
     m.verify()
 
 
-def test_manifest_written_elsewhere_points_back_with_a_relative_path(tmp_path: Path) -> None:
+def test_manifest_written_elsewhere_points_back_with_a_relative_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ../raw leaves the manifest's folder: allowed only inside the allowed roots
+    # (tests/test_hostile_paths.py checks the refusal).
+    monkeypatch.setenv("PEFTFLOW_ALLOWED_ROOTS", str(tmp_path))
     (tmp_path / "raw").mkdir()
     data = _jsonl(tmp_path / "raw" / "export.jsonl", ["a"])
     path, _ = register_dataset(data, "docs", "v1", out=tmp_path / "manifests" / "docs-v1.json")

@@ -85,6 +85,13 @@ def test_clean_data_passes_every_rule(tmp_path: Path) -> None:
     ("text_field", b'{"body": "wrong key"}', "no 'text' key (keys: 'body')"),
     ("text_field", b'{"text": 42}', "'text' is a JSON number, not a string"),
     ("text_field", b'{"text": " \\n\\t "}', "'text' is empty or only whitespace"),
+    ("text_field", b'{"text": "\\u200b\\u200d"}',
+     "'text' has no visible character, only whitespace and invisible characters (first: "
+     "U+200B ZERO WIDTH SPACE)"),
+    ("text_field", '{"text": " \u2060\ufeff\u00ad "}'.encode(),
+     "no visible character, only whitespace and invisible characters (first: U+2060 WORD "
+     "JOINER)"),
+    ("text_field", b'{"text": "\\u0007\\u001b"}', "(first: U+0007 control character)"),
     ("utf8", b'{"text": "caf\xe9"}', "invalid UTF-8 byte 0xe9 at byte 14"),
     ("utf8", b'{"text": "half \\ud800 pair"}', "unpaired surrogate \\ud800"),
     ("nul_bytes", b'{"text": "a\\u0000b"}', "NUL character (\\u0000) at position 1"),
@@ -118,6 +125,17 @@ def test_tolerated_invalid_records_warn_and_are_left_out_of_the_binidx(tmp_path:
     assert decoded == [texts[0], texts[2], texts[4]]
     status = json.loads((out / "status.json").read_text())
     assert status["metrics"]["invalid_records"] == 2 and status["metrics"]["documents"] == 3
+
+
+def test_invisible_only_text_is_left_out_when_tolerated(tmp_path: Path) -> None:
+    texts = _texts(3)
+    lines = _records(texts)
+    lines.insert(1, '{"text": "\u200b\u200c\u200d\u2060\ufeff"}'.encode())
+    code, quality, out = _prepare(tmp_path, lines, "--max-invalid-records", "1")
+    assert code == 0 and quality["verdict"] == "warn" and quality["documents"] == 3
+    assert _rule(quality, "text_field")["offending_lines"] == [2]
+    decoded = [tokenizer.decode(d) for d in binidx.read_documents(out / "train_text_document")]
+    assert decoded == texts
 
 
 def test_one_more_invalid_record_than_tolerated_fails(tmp_path: Path) -> None:

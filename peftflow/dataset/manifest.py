@@ -24,6 +24,7 @@ from peftflow.errors import (
     SpecError,
 )
 from peftflow.hashing import sha256_file
+from peftflow.profile import path_problem
 from peftflow.status import utc_now
 
 SCHEMA = "dataset_manifest"
@@ -114,7 +115,8 @@ def scan_file(path: Path) -> tuple[str, int, int]:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """Load and schema-check a manifest; errors name the file, line and fix."""
+    """Load and schema-check a manifest; errors name the file, line and fix. Every
+    files[].path must stay inside the allowed roots or the manifest's own folder."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: dataset manifest not found; create it with "
@@ -130,7 +132,12 @@ def load_manifest(path: str | Path) -> Manifest:
     except SpecError:  # a JSON corner YAML reads differently: keep going without line marks
         marked = yamlmarks.Marked(data)
     marked.data = data
-    schemas.check(marked, SCHEMA, str(path))
+    outside = _paths_outside(data, marked, path)
+    # An absolute path also breaks the schema's pattern; the refusal above says more.
+    refused = {p.path for p in outside}
+    problems = [p for p in schemas.problems(marked, SCHEMA, str(path)) if p.path not in refused]
+    if problems or outside:
+        raise SpecError(sorted(problems + outside, key=lambda p: (p.line, p.col)))
     return Manifest(
         name=data["name"],
         version=data["version"],
@@ -142,6 +149,22 @@ def load_manifest(path: str | Path) -> Manifest:
         path=path.resolve(),
         sha256=sha256_file(path),
     )
+
+
+def _paths_outside(data: Any, marked: yamlmarks.Marked, path: Path) -> list[Problem]:
+    """files[].path values that lead outside the allowed roots and the manifest's folder."""
+    files = data.get("files") if isinstance(data, dict) else None
+    found: list[Problem] = []
+    for i, entry in enumerate(files if isinstance(files, list) else []):
+        value = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(value, str) or not value:
+            continue  # the schema reports it
+        where = f"$.files[{i}].path"
+        problem = path_problem(value, (path.resolve().parent / value).resolve(), path,
+                               "the data file")
+        if problem:
+            found.append(Problem(str(path), *marked.locate(where), where, problem))
+    return found
 
 
 def manifest_path_for(data_path: str | Path) -> Path:
@@ -171,6 +194,9 @@ def register_dataset(
         raise DataError(f"{data_path}: the file is empty (0 bytes); there is nothing to "
                         "register. Export the data again and check it has one JSON object per line")
     relative = os.path.relpath(data_path, target.parent)
+    problem = path_problem(relative, data_path, target, "the data file")
+    if problem:  # load_manifest would refuse the manifest: do not write it
+        raise ConfigError(f"{target}: files[0].path: {problem}")
     doc = {
         "schema_version": 1, "name": name, "version": version, "text_field": text_field,
         "created_at": utc_now(), "source": source, "notes": notes,

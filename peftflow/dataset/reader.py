@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,32 @@ from peftflow.errors import IntegrityError
 RECORD_RULES = ("json_object", "text_field", "utf8", "nul_bytes")
 CHUNK_BYTES = 1 << 20
 _PROBE = 1 << 16
+
+
+_NON_SPACE = re.compile(r"\S")
+# Characters that show nothing: format (zero-width space U+200B, joiners U+200C/U+200D, word
+# joiner U+2060, BOM U+FEFF, ...) and control characters. A text of only these and
+# whitespace is empty for the text_field rule.
+_INVISIBLE = frozenset({"Cf", "Cc"})
+
+
+def visible(text: str) -> bool:
+    """Whether `text` has a character that is neither whitespace nor invisible."""
+    head = text[:1]
+    if head and not head.isspace() and head.isprintable():  # almost every text, at once
+        return True
+    first = _NON_SPACE.search(text)
+    if first is None:
+        return False
+    if text[first.start()].isprintable():
+        return True
+    return any(not c.isspace() and unicodedata.category(c) not in _INVISIBLE
+               for c in text[first.start():])
+
+
+def _first_invisible(text: str) -> str:
+    c = next((c for c in text if not c.isspace()), "")
+    return f"U+{ord(c):04X} {unicodedata.name(c, 'control character')}" if c else ""
 
 
 @dataclass(frozen=True)
@@ -145,7 +173,7 @@ def _valid_texts(lines: list[bytes], text_field: str) -> list[str] | None:
     if len(records) != len(lines):
         return None
     texts = [record.value for record in records]
-    if not all(texts) or any(map(str.isspace, texts)) or any("\x00" in t for t in texts):
+    if not all(map(visible, texts)) or any("\x00" in t for t in texts):
         return None
     return texts
 
@@ -163,7 +191,7 @@ def _checked_texts(chunk: Chunk, lines: list[bytes], text_field: str, keep: int,
             text: str | None = decode(raw).value
         except (msgspec.DecodeError, UnicodeDecodeError):
             text = None
-        if text is None or not text or text.isspace() or "\x00" in text:
+        if text is None or not visible(text) or "\x00" in text:
             rule, detail, text = classify(raw, text_field, chunk.unterminated and i == last)
             if rule is not None:
                 invalid[rule].add(number, detail, keep)
@@ -253,12 +281,18 @@ def classify(raw: bytes, text_field: str, truncated: bool) -> tuple[str | None, 
     value = record[text_field]
     if not isinstance(value, str):
         return "text_field", f"{text_field!r} is a JSON {_kind(value)}, not a string", None
-    if not value.strip():
-        return "text_field", f"{text_field!r} is empty or only whitespace", None
     if "\x00" in value:
         return "nul_bytes", (
             f"{text_field!r} contains a NUL character (\\u0000) at position "
             f"{value.index(chr(0))}; remove it"
+        ), None
+    if not value.strip():
+        return "text_field", f"{text_field!r} is empty or only whitespace", None
+    if not visible(value):
+        return "text_field", (
+            f"{text_field!r} has no visible character, only whitespace and invisible "
+            f"characters (first: {_first_invisible(value)}); it is empty text: remove the "
+            "record or restore its text"
         ), None
     try:
         value.encode("utf-8")

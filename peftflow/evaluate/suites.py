@@ -9,8 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftflow import schemas, yamlmarks
-from peftflow.errors import ConfigError, DataError, IntegrityError, MissingInputError
+from peftflow.errors import (
+    ConfigError,
+    DataError,
+    IntegrityError,
+    MissingInputError,
+    Problem,
+    SpecError,
+)
 from peftflow.hashing import sha256_file
+from peftflow.profile import path_problem
 
 EOD = 0  # RWKV World id 0: end of document; every document is scored after it (fresh context)
 
@@ -48,7 +56,8 @@ class Documents:
 
 
 def load(path: str | Path) -> Suite:
-    """Load and validate a suite file (no data is read yet)."""
+    """Load and validate a suite file (no data is read yet); its data path must stay inside
+    the allowed roots or the suite's own folder."""
     path = Path(path)
     shown = str(path)
     if not path.is_file():
@@ -60,6 +69,9 @@ def load(path: str | Path) -> Suite:
     data_path = Path(data["data"]["path"]).expanduser()
     if not data_path.is_absolute():
         data_path = path.resolve().parent / data_path
+    problem = path_problem(data["data"]["path"], data_path.resolve(), path, "the suite's data")
+    if problem:
+        raise SpecError([Problem(shown, *marked.locate("$.data.path"), "$.data.path", problem)])
     return Suite(
         name=data["name"],
         kind=SuiteKind(data["kind"]),

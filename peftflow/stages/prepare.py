@@ -1,10 +1,14 @@
 """prepare_dataset: a registered JSONL version -> RWKV binidx + quality.json + status.json.
 
 Order of events, and what each failure leaves behind:
-1. arguments, manifest and profile are read; the data file is checked against the manifest
-   (size + sha256). Any failure here writes nothing at all.
-2. stale temp files and the previous run's outputs in --out are removed, then the file is
-   streamed, checked and tokenised into temp files (a failure or signal removes them).
+1. arguments, manifest and profile are read; --out is refused (exit 2) when it is a device
+   or a file, lies under /proc or /sys, or is or holds an input (data, manifest, profile)
+   that its outputs or their cleanup would replace or delete; the data file is checked
+   against the manifest (size + sha256). Any failure here writes nothing, except that an
+   earlier run's status.json saying success is rewritten as failed (no stage may trust it).
+2. --out is created and must be writable (exit 2 otherwise); status.json, stale temp files
+   and the previous run's outputs are removed, then the file is streamed, checked and
+   tokenised into temp files (a failure or signal removes them).
 3. quality.json is written; on a fail verdict (or warn with --no-allow-warn) status.json says
    failed, no .bin/.idx exist, exit 4. Otherwise .bin/.idx are renamed into place and
    status.json (success) is written last: a later stage trusts only what it lists.
@@ -15,7 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import json
 import os
+import stat
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,9 @@ from peftflow.status import FileRef, StageRecorder, utc_now
 STAGE = "prepare_dataset"
 PREFIX = "train_text_document"  # json2binidx's naming: <prefix>.bin / <prefix>.idx
 QUALITY_FILE = "quality.json"
+STATUS_FILE = "status.json"
+OUTPUTS = (STATUS_FILE, f"{PREFIX}.bin", f"{PREFIX}.idx", QUALITY_FILE)  # status.json first
+PSEUDO_FS = (Path("/proc"), Path("/sys"))  # devices elsewhere are refused by their file type
 
 
 def fraction(text: str) -> float:
@@ -85,11 +96,102 @@ def _limits(path: str | None) -> tuple[ProfileLimits | None, Any]:
 
 
 def _clear_previous(out_dir: Path) -> None:
-    """A rerun must not leave the last run's outputs beside a new failure."""
-    atomic.remove_stale_temps(out_dir)
-    for name in (f"{PREFIX}.bin", f"{PREFIX}.idx", QUALITY_FILE, "status.json"):
+    """A rerun must not leave the last run's outputs beside a new failure. status.json goes
+    first: if a later removal fails, no success record is left pointing at half a run."""
+    for name in OUTPUTS:
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
+    atomic.remove_stale_temps(out_dir)
+
+
+_OUT_FIX = "pass an empty folder of its own, e.g. artifacts/<dag_id>/<run_id>/prepare_dataset"
+
+
+def _check_out(given: str, out_dir: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an --out that cannot hold the outputs, or whose outputs (or their cleanup)
+    would replace or delete an input; nothing is written yet."""
+    for pseudo in PSEUDO_FS:
+        if out_dir.is_relative_to(pseudo):
+            raise ConfigError(f"--out {given}: resolves to {out_dir}, under {pseudo}, a "
+                              f"kernel pseudo-filesystem that cannot hold files; {_OUT_FIX}")
+    for role, path in inputs.items():
+        if path == out_dir or path.is_relative_to(out_dir):
+            where = "is" if path == out_dir else "holds"
+            raise ConfigError(
+                f"--out {given}: {out_dir} {where} the {role} {path}; this stage deletes and "
+                f"rewrites {', '.join(OUTPUTS)} in --out, which must never touch an input: "
+                f"{_OUT_FIX}")
+        for name in OUTPUTS:  # a symlink in --out that leads to an input
+            if (out_dir / name).resolve() == path:
+                raise ConfigError(f"--out {given}: {out_dir / name} leads to the {role} "
+                                  f"{path}; writing {name} would replace it: {_OUT_FIX}")
+    try:
+        mode = out_dir.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # creating it will tell
+    except OSError as exc:
+        raise ConfigError(f"--out {given}: cannot be inspected ({exc.strerror}); "
+                          f"{_OUT_FIX}") from None
+    if not stat.S_ISDIR(mode):
+        kind = "a regular file" if stat.S_ISREG(mode) else "a device or other special file"
+        raise ConfigError(f"--out {given}: {out_dir} is {kind}, not a folder; {_OUT_FIX}")
+
+
+def _make_out(given: str, out_dir: Path) -> None:
+    """Create --out and prove it takes a file; a clear error instead of a traceback."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=atomic.TMP_PREFIX + "probe.", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"--out {given}: cannot write to {out_dir} ({reason}); give a "
+                          f"folder this user can create and write, {_OUT_FIX}") from None
+
+
+def _earlier_success(out_dir: Path, inputs: dict[str, Path]) -> Path | None:
+    """The status.json an earlier successful run left in --out, if there is one (and it is
+    not, by some accident of naming, one of this run's inputs)."""
+    path = out_dir / STATUS_FILE
+    try:
+        if not path.is_file() or path.resolve() in inputs.values():
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(doc, dict) and doc.get("stage") == STAGE
+    return path if ours and doc.get("status") == "success" else None
+
+
+def _withdraw_earlier_success(out_dir: Path, inputs: dict[str, Path],
+                              exc: BaseException) -> None:
+    """This run failed: an earlier run's success record in --out must not outlive it."""
+    path = _earlier_success(out_dir, inputs)
+    if path is None:
+        return
+    interrupted = isinstance(exc, (KeyboardInterrupt, common.Interrupted))
+    code = 130 if interrupted else int(getattr(exc, "exit_code", 1))
+    rec = StageRecorder(STAGE, out_dir)
+    message = (f"{type(exc).__name__}: {exc} (this run stopped before replacing the earlier "
+               "run's outputs in this folder; they must not be used)")
+    try:
+        rec.write("failed", message, code)
+        return
+    except (OSError, PeftflowError):
+        pass
+    # A folder we cannot rename into: overwrite in place. A torn write is invalid JSON,
+    # which no later stage trusts either.
+    try:
+        with open(path, "r+b") as handle:
+            handle.truncate(0)
+            handle.write(json.dumps(rec.document("failed", message, code)).encode("utf-8"))
+        return
+    except OSError as err:
+        reason = err.strerror
+    print(f"warning: {path} from an earlier run still says success and could not be "
+          f"changed ({reason}); delete it before any later stage reads this folder",
+          file=sys.stderr, flush=True)
 
 
 def _quality_doc(manifest: Manifest, result: pipeline.Result, report: Report, th: Thresholds,
@@ -137,16 +239,32 @@ def _metrics(manifest: Manifest, out_dir: Path, result: pipeline.Result,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out_dir = Path(args.out).expanduser().resolve()
+    # What this run reads; --out must never hold one of them.
+    inputs = {"manifest": Path(args.manifest).expanduser().resolve()}
+    if args.profile:
+        inputs["profile"] = Path(args.profile).expanduser().resolve()
+    try:
+        return _prepare(args, out_dir, inputs)
+    except BaseException as exc:
+        _withdraw_earlier_success(out_dir, inputs, exc)
+        raise
+
+
+def _prepare(args: argparse.Namespace, out_dir: Path, inputs: dict[str, Path]) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: use 1 or more")
     th = Thresholds(args.max_invalid_records, args.max_duplicate_fraction,
                     args.max_over_ctx_fraction, args.max_offenders, args.allow_warn)
     manifest = load_manifest(args.manifest)
     limits, prof = _limits(args.profile)
-    manifest.verify()  # before anything is written
     data_path, entry = manifest.data_paths()[0], manifest.files[0]
-    out_dir = Path(args.out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {f"data file {i}" if i else "data file": p
+            for i, p in enumerate(manifest.data_paths())}
+    inputs.update(data)
+    _check_out(args.out, out_dir, {**data, **inputs})  # the data first: the likeliest victim
+    manifest.verify()  # before anything is written
+    _make_out(args.out, out_dir)
     _clear_previous(out_dir)
 
     rec = StageRecorder(STAGE, out_dir)
