@@ -73,6 +73,7 @@ fi
 
 # 3. AIRFLOW_HOME with a generated airflow.cfg (regenerated only while it keeps our marker).
 "$PEFTFLOW" services configure ${DB_URL:+--db "$DB_URL"}
+"$PEFTFLOW" audit init-key  # HMAC key of the audit trail (0600), kept if present
 
 # 4. Metadata DB, the gpu pool, the tiny smoke model, the specs, the DAGs.
 export AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY=False DO_NOT_TRACK=1

@@ -1,11 +1,13 @@
-"""The operational audit trail: an append-only JSONL file whose events form a hash chain.
+"""The operational audit trail: an append-only JSONL file whose events form a keyed hash chain.
 
-Each line is one event in canonical JSON (sorted keys, compact separators). `hash` is the
-SHA-256 of the canonical JSON of the event without `hash`; `prev_hash` is the previous
-line's hash ("0"*64 on line 1). Editing, removing or reordering any line breaks the chain,
-and `verify()` names the line. Writers in parallel processes (LocalExecutor) serialise on
-an flock'ed sidecar `<log>.lock`; a sidecar `<log>.head` remembers the last event so that
-events cut off the end of the file are detected too.
+Each line is one event in canonical JSON (sorted keys, compact separators). `prev_hash` is the
+previous line's hash ("0"*64 on line 1); `mac` is an HMAC-SHA256 of the event (without `mac`
+and `hash`) under the audit key named by `key_id` (see auditkey.py); `hash` is the SHA-256 of
+the event without `hash`. Editing, removing or reordering any line breaks the chain, and a line
+written without the key fails its MAC; `verify()` names the line. Writers in parallel processes
+(LocalExecutor) serialise on an flock'ed sidecar `<log>.lock`; under it they append the line
+and rewrite the signed sidecar `<log>.head` and the anchor beside the key, so events cut off
+the end, or a log and head replaced together, are detected too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import errno
 import fcntl
 import itertools
 import json
+import logging
 import os
 import re
 import time
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic, schemas, settings
+from peftflow import atomic, auditkey, schemas, settings
+from peftflow.auditkey import Key, Mark, canonical
 from peftflow.errors import IntegrityError, ResourceError
 from peftflow.hashing import sha256_bytes
 from peftflow.status import utc_now
@@ -32,6 +36,8 @@ from peftflow.status import utc_now
 GENESIS = "0" * 64
 LOCK_TIMEOUT_S = 120.0
 REDACTED = "***"
+_STAMPS = ("seq", "ts", "prev_hash", "key_id", "mac", "hash")  # set by append, never by callers
+_logger = logging.getLogger(__name__)
 
 
 class EventKind(enum.StrEnum):
@@ -52,6 +58,7 @@ class EventKind(enum.StrEnum):
     PROFILE_SWITCHED = "profile_switched"
     TRIGGER_RECEIVED = "trigger_received"
     ORPHAN_STOPPED = "orphan_stopped"
+    AUDIT_KEY_ROTATED = "audit_key_rotated"
 
 
 # Keys whose values are never written. Split on separators and camelCase first, so that
@@ -82,13 +89,13 @@ def redact(value: Any) -> Any:
     return value
 
 
-def canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
 def event_hash(doc: dict[str, Any]) -> str:
     return sha256_bytes(canonical({k: v for k, v in doc.items() if k != "hash"}))
+
+
+def mac_body(doc: dict[str, Any]) -> dict[str, Any]:
+    """What an event's MAC covers: all of it but `hash` (derived) and `mac` itself."""
+    return {k: v for k, v in doc.items() if k not in ("hash", "mac")}
 
 
 def log_path(path: str | Path | None = None) -> Path:
@@ -165,33 +172,109 @@ def _line_count(path: Path) -> int:
 
 
 def append_event(doc: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
-    """Stamp seq/ts/prev_hash/hash on `doc` (an event without them) and append it."""
+    """Stamp seq/ts/prev_hash/key_id/mac/hash on `doc` (an event without them) and append it."""
     target = log_path(path)
-    fields = {k: v for k, v in redact(doc).items() if v is not None}
-    fields.pop("hash", None)
+    fields = {k: v for k, v in redact(doc).items() if v is not None and k not in _STAMPS}
+    keyfile = auditkey.key_path()
+    where = target.resolve()  # once per append: it names the anchor (messages keep `target`)
+    auditkey.check_outside(keyfile, where)
     with locked(target):
-        last = _last_line(target)
-        prev_hash, seq = GENESIS, 1
-        if last is not None:
-            try:
-                prev = json.loads(last)
-                prev_hash, seq = prev["hash"], int(prev["seq"]) + 1
-            except (ValueError, KeyError, TypeError):
-                raise IntegrityError(f"{target}:{_line_count(target)}: the last event is "
-                                     "unreadable; run `peftflow audit verify` and move the log "
-                                     "aside") from None
-        event = {**fields, "seq": seq, "ts": utc_now(), "prev_hash": prev_hash}
-        event["hash"] = event_hash(event)
-        schemas.check(event, "audit_event", f"{target}:{seq}")
-        append_line(target, canonical(event) + b"\n")
-        atomic.write_json(Path(f"{target}.head"), {"seq": seq, "hash": event["hash"]})
+        key, _ = auditkey.ensure_key(keyfile)
+        return _append_locked(target, where, fields, key, keyfile)
+
+
+def _append_locked(target: Path, where: Path, fields: dict[str, Any], key: Key,
+                   keyfile: Path) -> dict[str, Any]:
+    last = _last_event(target)
+    prev_hash, seq = (GENESIS, 1) if last is None else (last["hash"], int(last["seq"]) + 1)
+    event = {**fields, "seq": seq, "ts": utc_now(), "prev_hash": prev_hash, "key_id": key.id}
+    event["mac"] = key.mac("event", event)
+    event["hash"] = event_hash(event)
+    schemas.check(event, "audit_event", f"{target}:{seq}")
+    anchor_file = auditkey.anchor_path(keyfile, where)
+    anchor, breaks = _anchor_breaks(target, anchor_file, keyfile, last)
+    append_line(target, canonical(event) + b"\n")
+    mark = Mark(seq, event["hash"])
+    atomic.write_json(Path(f"{target}.head"), auditkey.head_doc(key, mark))
+    auditkey.write_anchor(anchor_file, key, where, mark, breaks,
+                          rewrite=anchor is None or anchor.breaks != breaks)
     return event
+
+
+def _last_event(target: Path) -> dict[str, Any] | None:
+    last = _last_line(target)
+    if last is None:
+        return None
+    try:
+        event = json.loads(last)
+    except ValueError:
+        event = None
+    if isinstance(event, dict) and isinstance(event.get("seq"), int) \
+            and isinstance(event.get("hash"), str):
+        return event
+    raise IntegrityError(f"{target}:{_line_count(target)}: the last event is unreadable; run "
+                         "`peftflow audit verify` and move the log aside")
+
+
+def _anchor_breaks(
+    target: Path, anchor_file: Path, keyfile: Path, last: dict[str, Any] | None
+) -> tuple[auditkey.Anchor | None, tuple[auditkey.Break, ...]]:
+    """The anchor (None if missing or unreadable) and its breaks, plus one if the log is not
+    where the anchor left it.
+
+    A writer never refuses to write (that would stop every task); it records what it found,
+    so the next append cannot hide a cut or wiped log by moving the anchor on.
+    """
+    keys = auditkey.keyring(keyfile)
+    found = None if last is None else Mark(int(last["seq"]), str(last["hash"]))
+    try:
+        anchor = auditkey.read_anchor(anchor_file, keys)
+    except IntegrityError as exc:
+        _logger.warning("%s; recorded in a new anchor", exc)
+        return None, (auditkey.Break(None, found, utc_now()),)
+    if anchor is None or found == anchor.mark:
+        return anchor, () if anchor is None else anchor.breaks
+    if found is not None and last is not None and found.seq > anchor.mark.seq \
+            and _signed(last, keys):
+        return anchor, anchor.breaks  # a writer died before its anchor update; nothing lost
+    _logger.warning("%s: the log %s but its anchor %s records %s: events were removed or the log "
+                "replaced; recorded for `peftflow audit verify`", target,
+                f"ends at {found.short()}" if found else "is empty", anchor_file,
+                anchor.mark.short())
+    return anchor, (*anchor.breaks, auditkey.Break(anchor.mark, found, utc_now()))
+
+
+def _signed(event: dict[str, Any], keys: dict[str, Key]) -> bool:
+    key = keys.get(str(event.get("key_id")))
+    return (key is not None and event.get("hash") == event_hash(event)
+            and key.verifies("event", mac_body(event), event.get("mac")))
 
 
 def append(event: str | EventKind, *, path: str | Path | None = None,
            **fields: Any) -> dict[str, Any]:
     """Append one event; fields are those of schemas/audit_event.schema.json."""
     return append_event({"event": str(EventKind(event)), **fields}, path)
+
+
+def rotate_key(path: str | Path | None = None, actor: str | None = None) -> dict[str, Any]:
+    """Retire the audit key into the keyring, install a new one, and audit that (old key)."""
+    target = log_path(path)
+    keyfile = auditkey.key_path()
+    auditkey.check_outside(keyfile, target.resolve())
+    with locked(target), locked(keyfile):
+        old, new = auditkey.rotate(keyfile)
+        fields = {"event": str(EventKind.AUDIT_KEY_ROTATED), "actor": actor or
+                  settings.current_user(), "outcome": "success",
+                  "details": {"from_key": old.id, "to_key": new.id}}
+        return _append_locked(target, target.resolve(), fields, old, keyfile)
+
+
+def split_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, bytes) of each line; a trailing newline ends the last one."""
+    complete = data.count(b"\n")
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if raw or number <= complete:
+            yield number, raw
 
 
 @dataclass(frozen=True)
@@ -204,99 +287,32 @@ class AuditProblem:
         return f"{self.file}:{self.line}: {self.message}"
 
 
-def _snapshot(target: Path) -> tuple[bytes, bytes | None]:
-    """Log and head bytes read under the writers' lock, so no half-written line is seen."""
-    def read() -> tuple[bytes, bytes | None]:
-        head = Path(f"{target}.head")
-        return (target.read_bytes() if target.exists() else b"",
-                head.read_bytes() if head.exists() else None)
+@dataclass(frozen=True)
+class AuditReport:
+    """What verify found: problems (tampering or damage) and notes (limits of the proof)."""
 
-    if not target.exists():
-        return read()
-    try:
-        with locked(target, timeout=30):
-            return read()
-    except (OSError, ResourceError):
-        return read()  # a read-only copy of a log, or a stuck writer: check what is there
-
-
-def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    complete = data.count(b"\n")
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if raw or number <= complete:
-            yield number, raw
+    problems: tuple[AuditProblem, ...]
+    notes: tuple[str, ...]
+    events: int
 
 
 def verify(path: str | Path | None = None) -> list[AuditProblem]:
-    """Every break in the log's chain, each naming its 1-based line; [] when intact."""
-    target = log_path(path)
-    name = str(target)
-    found: list[AuditProblem] = []
-    data, head = _snapshot(target)
-    if data and not data.endswith(b"\n"):
-        found.append(AuditProblem(name, len(data.split(b"\n")),
-                                  "incomplete last line (no newline): the file was cut"))
-    prev_hash: str | None = GENESIS
-    prev_seq = 0
-    by_seq: dict[int, tuple[str, int]] = {}
-    for number, raw in _lines(data):
-        try:
-            event = json.loads(raw)
-            if not isinstance(event, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            found.append(AuditProblem(name, number, f"not valid JSON ({exc}): line edited or cut"))
-            prev_hash = None  # unknown; do not cascade into the next line
-            prev_seq += 1
-            continue
-        for problem in schemas.problems(event, "audit_event", name):
-            found.append(AuditProblem(name, number, f"{problem.path}: {problem.message}"))
-        stored = event.get("hash")
-        if stored != event_hash(event):
-            found.append(AuditProblem(name, number, "hash mismatch: the event was edited"))
-        elif canonical(event) != raw:
-            found.append(AuditProblem(name, number, "not in canonical form: the line was edited"))
-        if prev_hash is not None and event.get("prev_hash") != prev_hash:
-            found.append(AuditProblem(name, number, "prev_hash does not match the previous "
-                                      "line: a line before it was removed, inserted or moved"))
-        seq = event.get("seq")
-        if isinstance(seq, int) and seq != prev_seq + 1:
-            found.append(AuditProblem(name, number, f"seq {seq} follows {prev_seq}: events "
-                                      "were removed, inserted or reordered"))
-        prev_seq = seq if isinstance(seq, int) else prev_seq + 1
-        prev_hash = stored if isinstance(stored, str) else None
-        if isinstance(seq, int) and isinstance(stored, str):
-            by_seq[seq] = (stored, number)
-    found.extend(_check_head(target, head, by_seq, len(data.split(b"\n")) - 1))
-    return found
+    """Every break in the log's chain, MACs, head or anchor, each naming its line; [] if intact."""
+    return list(check(path).problems)
 
 
-def _check_head(
-    target: Path, raw: bytes | None, by_seq: dict[int, tuple[str, int]], lines: int
-) -> list[AuditProblem]:
-    head = Path(f"{target}.head")
-    if raw is None:
-        return [] if not by_seq else [AuditProblem(str(head), 1, "head file missing: cannot "
-                                                   "tell whether events were cut off the end")]
-    try:
-        mark = json.loads(raw)
-        seq, digest = int(mark["seq"]), str(mark["hash"])
-    except (ValueError, KeyError, TypeError):
-        return [AuditProblem(str(head), 1, "head file unreadable")]
-    if seq not in by_seq:
-        return [AuditProblem(str(target), lines + 1, f"the log ends before seq {seq} "
-                             f"recorded in {head.name}: events were removed from the end")]
-    if by_seq[seq][0] != digest:
-        return [AuditProblem(str(target), by_seq[seq][1], f"event seq {seq} does not match "
-                             f"the hash recorded in {head.name}: the log was rewritten")]
-    return []
+def check(path: str | Path | None = None) -> AuditReport:
+    """verify() with the notes on what the log cannot prove (unkeyed lines, no anchor)."""
+    from peftflow import audit_verify  # here: audit_verify builds on this module
+
+    return audit_verify.check(log_path(path))
 
 
 def events(path: str | Path | None = None, dag_id: str | None = None,
            run_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Readable events in file order, optionally of one DAG and/or run (verify() for damage)."""
     target = log_path(path)
-    for _number, raw in _lines(target.read_bytes() if target.exists() else b""):
+    for _number, raw in split_lines(target.read_bytes() if target.exists() else b""):
         try:
             event = json.loads(raw)
         except ValueError:
@@ -308,3 +324,4 @@ def events(path: str | Path | None = None, dag_id: str | None = None,
         if run_id is not None and event.get("run_id") != run_id:
             continue
         yield event
+

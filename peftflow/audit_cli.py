@@ -1,4 +1,4 @@
-"""`peftflow audit show|verify`: read and check the audit trail."""
+"""`peftflow audit show|verify|init-key|rotate-key`: read and check the trail, manage its key."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 import sys
 from typing import Any
 
-from peftflow import audit, cli
+from peftflow import audit, auditkey, cli, settings
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "audit", help="show or verify the audit trail",
-        description="The append-only, hash-chained audit trail of every task attempt and gate.",
+        description="The append-only, hash-chained and signed audit trail of every task attempt "
+                    "and gate.",
     )
     sub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     show = sub.add_parser("show", help="list events, optionally of one DAG and/or run")
@@ -22,9 +23,18 @@ def register(subparsers: Any) -> None:
     show.add_argument("--json", action="store_true", help="one JSON event per line")
     show.add_argument("--log", metavar="PATH", help="audit log (default: settings audit_log)")
     show.set_defaults(func=_show)
-    check = sub.add_parser("verify", help="check the hash chain; exit 1 naming each bad line")
+    check = sub.add_parser("verify", help="check chain, MACs, head and anchor; exit 1 naming "
+                           "each bad line or the anchor that disagrees")
     check.add_argument("--log", metavar="PATH", help="audit log (default: settings audit_log)")
     check.set_defaults(func=_verify)
+    init = sub.add_parser("init-key", help="create the audit key (0600) if there is none; "
+                          "never replaces one")
+    init.set_defaults(func=_init_key)
+    rotate = sub.add_parser("rotate-key", help="retire the audit key into the keyring (old "
+                            "events still verify) and start signing with a new one")
+    rotate.add_argument("--log", metavar="PATH", help="log that records the rotation "
+                        "(default: settings audit_log)")
+    rotate.set_defaults(func=_rotate_key)
 
 
 HEADERS = ("seq", "ts", "event", "where", "details")
@@ -40,6 +50,8 @@ def _subject(event: dict[str, Any]) -> list[str]:
         return [f"release={details.get('profile', '?')}/{details.get('version', '?')}"]
     if kind == "profile_switched":
         return [f"profile={details.get('from', '?')}->{details.get('to', '?')}"]
+    if kind == "audit_key_rotated":
+        return [f"key={details.get('from_key', '?')}->{details.get('to_key', '?')}"]
     return []
 
 
@@ -76,15 +88,34 @@ def _show(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     path = audit.log_path(args.log)
-    if not path.exists():
+    report = audit.check(path)
+    if not path.exists() and not report.problems:
         print(f"error: {path}: audit log not found", file=sys.stderr)
         return 1
-    problems = audit.verify(path)
-    if problems:
-        for problem in problems:
-            print(problem)
-        print(f"FAILED: {len(problems)} problem(s) in {path}")
+    for problem in report.problems:
+        print(problem)
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.problems:
+        print(f"FAILED: {len(report.problems)} problem(s) in {path}")
         return 1
-    count = sum(1 for _ in audit.events(path))
-    print(f"OK: {count} events, chain intact ({path})")
+    print(f"OK: {report.events} events, chain intact, MACs, head and anchor agree ({path})")
+    return 0
+
+
+def _init_key(args: argparse.Namespace) -> int:
+    path = auditkey.key_path()
+    auditkey.check_outside(path, settings.get().audit_log.resolve())
+    key, created = auditkey.ensure_key(path)
+    print(f"{'created' if created else 'kept the existing'} audit key {path} (id {key.id})")
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    event = audit.rotate_key(args.log)
+    details = event["details"]
+    print(f"rotated the audit key {auditkey.key_path()}: {details['from_key']} -> "
+          f"{details['to_key']} (the old key is kept in "
+          f"{auditkey.ring_path(auditkey.key_path())}); recorded as seq {event['seq']} in "
+          f"{audit.log_path(args.log)}")
     return 0

@@ -21,6 +21,7 @@ class Settings:
     artifact_root: Path  # <artifact_root>/<dag_id>/<run_id>/<stage>/
     releases_root: Path  # <releases_root>/<profile>/<version>/
     audit_log: Path
+    audit_key: Path  # PEFTFLOW_AUDIT_KEY; outside the audit folder, keyring and anchors beside it
     models_root: Path  # where relative base-model paths of profiles resolve
     allowed_roots: tuple[Path, ...]  # spec/profile paths must stay inside one of these
     orchestration_config: Path
@@ -61,11 +62,13 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
     )
     models_root = _path("PEFTFLOW_MODELS_ROOT", root / "models")
     venv_python = root / ".venv" / "bin" / "python"
+    airflow_home = _path("AIRFLOW_HOME", _path("PEFTFLOW_AIRFLOW_HOME", root / "airflow_home"))
     return Settings(
         project_root=root,
         artifact_root=artifact_root,
         releases_root=_path("PEFTFLOW_RELEASES_ROOT", root / "releases"),
         audit_log=_path("PEFTFLOW_AUDIT_LOG", root / "audit" / "audit.jsonl"),
+        audit_key=_path("PEFTFLOW_AUDIT_KEY", airflow_home / "peftflow-audit.key"),
         models_root=models_root,
         allowed_roots=(root, models_root, *extra),
         orchestration_config=_path(
@@ -75,7 +78,7 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
         python=os.environ.get(
             "PEFTFLOW_PYTHON", str(venv_python) if venv_python.exists() else "python3"
         ),
-        airflow_home=_path("AIRFLOW_HOME", _path("PEFTFLOW_AIRFLOW_HOME", root / "airflow_home")),
+        airflow_home=airflow_home,
         db_url=os.environ.get("PEFTFLOW_DB_URL") or None,
         scripts_dir=_path("PEFTFLOW_SCRIPTS_DIR", root / "scripts"),
         api_host=os.environ.get("PEFTFLOW_API_HOST", "127.0.0.1"),
