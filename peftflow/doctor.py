@@ -52,6 +52,22 @@ def pool_check() -> Check:
     return Check("pool gpu", "ok", "exists with 1 slot")
 
 
+def secret_files_check() -> Check:
+    """Files holding secrets (admin password, JWT and DB secrets, audit key, service logs)
+    must not be readable by group or others; the fix is the exact chmod."""
+    from peftflow import auditkey
+
+    home, key = settings.get().airflow_home, auditkey.key_path()
+    files = [home / "simple_auth_manager_passwords.json.generated", home / "airflow.cfg",
+             key, auditkey.ring_path(key), *sorted((home / "logs").glob("*.log"))]
+    found = [p for p in files if p.is_file() and p.stat().st_mode & 0o077]
+    if not found:
+        return Check("secret files", "ok", f"private (0600) under {home}")
+    shown = ", ".join(f"{p} ({p.stat().st_mode & 0o777:o})" for p in found)
+    return Check("secret files", "fail", f"readable by other users: {shown}. "
+                 f"Fix: chmod 600 {' '.join(str(p) for p in found)}")
+
+
 def retrain_checks() -> list[Check]:
     """A paused retrain DAG misses dataset events: Airflow drops them, nothing replays them."""
     from peftflow.spec import SpecKind
@@ -278,6 +294,7 @@ def run(airflow_only: bool, profiles: list[str]) -> list[Check]:
     except PeftflowError as exc:
         checks.append(Check("orchestration profile", "fail", str(exc)))
     checks.append(pool_check())
+    checks.append(secret_files_check())
     checks.extend(retrain_checks())
     if airflow_only:
         return checks
