@@ -19,7 +19,7 @@ from peftflow import (
     status,
     validate,
 )
-from peftflow.errors import IntegrityError, PeftflowError
+from peftflow.errors import ConfigError, IntegrityError, PeftflowError
 from peftflow.exitcodes import ExitCode, classify
 from peftflow.spec import STAGES, Spec, Stage
 from peftflow.subproc import TERM_GRACE_S, Child
@@ -48,10 +48,29 @@ def _refs(refs: dict[str, Any]) -> list[dict[str, str]]:
 def _load(spec_file: str, run: runinfo.RunInfo, what: str) -> Spec:
     try:
         orchestration.require_airflow_active(what)
-        return validate.load_spec(Path(spec_file))
+        spec = validate.load_spec(Path(spec_file))
+        check_params(spec, run.params)
+        return spec
     except PeftflowError as exc:
         _event(run, "task_failed", outcome="failed", details={"error": str(exc)})
         raise AirflowFailException(str(exc)) from None
+
+
+def check_params(spec: Spec, params: dict[str, Any]) -> None:
+    """What Airflow's per-param validation cannot see: keys the DAG does not declare (a typo
+    such as `force_rerun` spelt `force-rerun` would be ignored silently) and an override
+    without a reason. Checked when the first task starts, before any work."""
+    from peftflow import expand
+
+    declared = expand.trigger_params(spec)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ConfigError(f"unknown trigger param(s) {', '.join(map(repr, unknown))}; "
+                          f"{spec.dag_id} accepts {', '.join(declared)}: fix the conf and "
+                          "trigger again")
+    if params.get("override_gate") and not str(params.get("override_reason") or "").strip():
+        raise ConfigError("override_gate is set without an override_reason; say why the gate "
+                          "is overridden (it is audited) and trigger again")
 
 
 def _upstream(context: Any, stage: Stage) -> dict[Stage, dict[str, Any]]:

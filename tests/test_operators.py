@@ -240,3 +240,26 @@ def test_a_retry_stops_the_stage_an_earlier_try_left_running(
     stopped = [e for e in events if e["event"] == "orphan_stopped"]
     assert len(stopped) == 1 and stopped[0]["details"] == {"pid": orphan.pid, "try_number": 1}
     assert audit.verify(fake_scripts / "audit.jsonl") == []
+
+
+def test_an_unknown_conf_key_fails_the_first_task_before_running(
+        fake_scripts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow validates declared params only: a typo like force-rerun would pass silently."""
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    with pytest.raises(AirflowFailException, match=r"unknown trigger param\(s\) 'force-rerun'"):
+        _operator().execute(_context(params={"force-rerun": True}))
+    assert _runs(fake_scripts) == []
+
+
+def test_an_override_without_a_reason_is_refused_where_overrides_are_allowed() -> None:
+    import dataclasses
+
+    from peftflow import taskrun, validate
+    from peftflow.errors import ConfigError
+
+    spec = validate.load_spec(SPEC)
+    allowing = dataclasses.replace(spec, gate=dataclasses.replace(spec.gate,
+                                                                  allow_override=True))
+    with pytest.raises(ConfigError, match="without an override_reason"):
+        taskrun.check_params(allowing, {"override_gate": True, "override_reason": "  "})
+    taskrun.check_params(allowing, {"override_gate": True, "override_reason": "hotfix"})

@@ -79,16 +79,25 @@ def test_too_few_documents_for_the_profile_fails_prepare_permanently(
 
 def test_shell_injection_in_spec_profile_and_trigger_text_executes_nothing(
         deployment: Live, measure: Callable[..., None]) -> None:
-    """The spec's description, the profile's description, the note and an extra conf key
-    all carry $(...), backticks, ';', '&&' and '|': the run is inert and still succeeds."""
+    """The spec's description, the profile's description and the note carry $(...),
+    backticks, ';', '&&' and '|': the run is inert and still succeeds. An extra conf key
+    with the same text is refused when the first task starts: the run fails at once."""
     markers = deployment.root / "markers"
     note = hostile(markers, "note")[:500]
-    run_id = deployment.trigger_rest(INJECTION, {"note": note,
-                                                 "cmd": hostile(markers, "conf-key")})
+    run_id = deployment.trigger_rest(INJECTION, {"note": note})
     took = deployment.wait_for(INJECTION, run_id, "success", timeout=600)
     _no_markers(deployment)
     notes = {e.get("note") for e in deployment.audit_events(run_id) if e.get("task_id")}
     assert notes == {note}, notes  # recorded verbatim, as data
+    extra = deployment.trigger_rest(INJECTION, {"note": note,
+                                                "cmd": hostile(markers, "conf-key")})
+    deployment.wait_for(INJECTION, extra, "failed", timeout=300)
+    tis = deployment.task_instances(INJECTION, extra)
+    assert tis["prepare_dataset"]["state"] == "failed" and tis["prepare_dataset"]["try_number"] == 1
+    errors = [str(e.get("details", {}).get("error")) for e in deployment.audit_events(extra)
+              if e["event"] == "task_failed"]
+    assert any("unknown trigger param(s) 'cmd'" in e for e in errors), errors
+    _no_markers(deployment)
     measure("bad input shell injection in spec/profile/params", deployment.kind,
             run_state="success", markers_created=0, run_wall_s=round(took, 1))
 
