@@ -16,7 +16,8 @@ from typing import Any
 
 from peftflow import __version__, atomic, settings
 
-_CODE = ("validate.py", "schemas.py", "profile.py", "spec.py", "yamlmarks.py")
+_CODE = ("validate.py", "schemas.py", "profile.py", "spec.py", "yamlmarks.py",
+         "dataset/manifest.py", "evaluate/suites.py")
 
 
 def _stat(path: Path) -> list[int] | None:

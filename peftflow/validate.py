@@ -9,7 +9,6 @@ specs validate on any machine.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import unicodedata
 import zoneinfo
 from collections.abc import Iterable
@@ -68,7 +67,7 @@ class _Context:
 
     profiles: dict[Path, profile.Profile | SpecError] = field(default_factory=dict)
     suites: dict[Path, str | SpecError] = field(default_factory=dict)
-    manifests: dict[Path, dict[str, Any] | str] = field(default_factory=dict)
+    manifests: dict[Path, dict[str, Any] | SpecError | str] = field(default_factory=dict)
     active: orchestration.OrchestrationProfile | None = None
 
 
@@ -177,13 +176,14 @@ class _Checker:
     def _manifest(self, path: str, resolved: Path) -> dict[str, Any] | None:
         cached = self.ctx.manifests.get(resolved)
         if cached is None:
-            try:
-                cached = json.loads(resolved.read_text(encoding="utf-8"))
-                if not isinstance(cached, dict):
-                    cached = "it is not a JSON object"
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                cached = f"it is not valid JSON ({exc})"
+            cached = _read_manifest(resolved)
             self.ctx.manifests[resolved] = cached
+        if isinstance(cached, SpecError):
+            self.problems.extend(cached.problems)
+            self.add(path, f"the dataset manifest has {len(cached.problems)} problem(s), "
+                     "listed with its own file name; re-register the dataset with `peftflow "
+                     "dataset register`")
+            return None
         if isinstance(cached, str):
             self.add(path, f"the dataset manifest cannot be read: {cached}; "
                      "re-register the dataset with `peftflow dataset register`")
@@ -301,6 +301,21 @@ def _cron_ok(expr: str) -> bool:
         return expr in {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually",
                         "@midnight"}
     return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | SpecError | str:
+    """The manifest through its own loader (schema, limits, paths inside the roots), as the
+    few facts validation compares with the spec and profile."""
+    from peftflow.dataset.manifest import load_manifest
+
+    try:
+        loaded = load_manifest(path)
+    except SpecError as exc:
+        return exc
+    except PeftflowError as exc:
+        return str(exc)
+    return {"name": loaded.name,
+            "files": [{"records": entry.records} for entry in loaded.files]}
 
 
 def _fires_within(expr: str, days: int) -> dt.datetime | None:

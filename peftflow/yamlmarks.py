@@ -134,6 +134,23 @@ def _surprise(node: yaml.Node, value: Any) -> str | None:
     return None
 
 
+def check_data(data: Any, file: str) -> None:
+    """The depth and node limits for data parsed by another reader (JSON), iteratively."""
+    stack, nodes = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            what = f"nested deeper than {MAX_DEPTH} levels" if depth > MAX_DEPTH else \
+                f"more than {MAX_NODES} values"
+            raise SpecError([Problem(file, 1, 1, "$", f"{what}; a peftflow file is small and "
+                                     "flat: is this the right file?")])
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def _located(file: str, mark: Any, message: str) -> SpecError:
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     return SpecError([Problem(file, line, col, "$", message)])

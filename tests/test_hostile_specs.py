@@ -187,3 +187,25 @@ def test_a_broken_orchestration_config_fails_validate_too(
     assert done.returncode == 1
     assert f"{path}:" in done.stdout and message in done.stdout, done.stdout
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "nested far too deeply"),
+    ('{"a": ' * 400 + "1" + "}" * 400, "nested deeper than 32 levels"),
+    ("[" + "1," * 30_000 + "1]", "more than 20000 values"),
+])
+def test_a_hostile_manifest_named_by_a_spec_is_a_located_spec_problem(
+        manifest: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftflow import validate
+    from peftflow.errors import SpecError
+
+    monkeypatch.setenv("PEFTFLOW_ALLOWED_ROOTS", str(tmp_path))
+    bad = tmp_path / "deep.manifest.json"
+    bad.write_text(manifest)
+    path = tmp_path / "spec.yaml"
+    path.write_text(SMOKE.replace("manifest: data/smoke/pydoc-docs/v1/train.manifest.json",
+                                  f"manifest: {bad}"))
+    with pytest.raises(SpecError) as caught:
+        validate.load_spec(path)
+    text = str(caught.value)
+    assert message in text and "$.dataset.manifest: the dataset manifest has" in text, text

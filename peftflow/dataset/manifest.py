@@ -118,15 +118,20 @@ def load_manifest(path: str | Path) -> Manifest:
     """Load and schema-check a manifest; errors name the file, line and fix. Every
     files[].path must stay inside the allowed roots or the manifest's own folder."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingInputError(f"{path}: dataset manifest not found; create it with "
                                 "`peftflow dataset register FILE.jsonl --name N --version V`")
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    # a regular file of bounded size (not a FIFO, not /dev/zero), then bounded nesting
+    text = yamlmarks.read_limited(str(path), str(path)).decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SpecError([Problem(str(path), exc.lineno, exc.colno, "$",
                                  f"not valid JSON: {exc.msg}; fix or re-register")]) from None
+    except RecursionError:
+        raise SpecError([Problem(str(path), 1, 1, "$", "nested far too deeply to be a "
+                                 "manifest; re-register the dataset")]) from None
+    yamlmarks.check_data(data, str(path))
     try:
         marked = yamlmarks.load(text, str(path))  # JSON is YAML: reuse its line marks
     except SpecError:  # a JSON corner YAML reads differently: keep going without line marks
