@@ -78,7 +78,8 @@ fi
 # 4. Metadata DB, the gpu pool, the tiny smoke model, the specs, the DAGs.
 export AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY=False DO_NOT_TRACK=1
 say "migrating the metadata DB"
-"$AIRFLOW" db migrate >"$AIRFLOW_HOME/logs/db-migrate.log" 2>&1 \
+# Logs under AIRFLOW_HOME are private (0600, doctor checks it): create them under umask 077.
+( umask 077; "$AIRFLOW" db migrate >"$AIRFLOW_HOME/logs/db-migrate.log" 2>&1 ) \
   || { tail -n 20 "$AIRFLOW_HOME/logs/db-migrate.log" >&2; die "airflow db migrate failed (log: $AIRFLOW_HOME/logs/db-migrate.log)"; }
 say "creating pool gpu (1 slot) from configs/pools.json"
 "$AIRFLOW" pools import "$ROOT/configs/pools.json" >/dev/null
@@ -86,7 +87,7 @@ say "creating pool gpu (1 slot) from configs/pools.json"
 say "validating dag_specs/"
 "$PEFTFLOW" validate "$ROOT/dag_specs" || die "fix the spec problems above, then rerun"
 say "registering the DAGs"
-"$AIRFLOW" dags reserialize >"$AIRFLOW_HOME/logs/reserialize.log" 2>&1 \
+( umask 077; "$AIRFLOW" dags reserialize >"$AIRFLOW_HOME/logs/reserialize.log" 2>&1 ) \
   || { tail -n 20 "$AIRFLOW_HOME/logs/reserialize.log" >&2; die "airflow dags reserialize failed"; }
 "$PEFTFLOW" services pause-policy
 "$PEFTFLOW" doctor --airflow
