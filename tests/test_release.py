@@ -188,8 +188,11 @@ def make_run(tmp: Path, name: str = "run1", seed: int = 1, verdict: str = "pass"
     decision = gate.decide(work / "prepare_dataset" / "quality.json",
                            work / "evaluate_adapter" / "verdict.json", allow_warn=True)
     gate_file = gate.write_decision(decision, work / "release_gate" / "gate_decision.json")
+    # tmp/models is this scratch deployment's models root: the profile's base_model must lie
+    # inside the allowed roots
     env = {**os.environ, "PEFTFLOW_RELEASES_ROOT": str(tmp / "releases"),
-           "PEFTFLOW_AUDIT_LOG": str(tmp / "audit.jsonl"), "PEFTFLOW_PYTHON": sys.executable}
+           "PEFTFLOW_AUDIT_LOG": str(tmp / "audit.jsonl"), "PEFTFLOW_PYTHON": sys.executable,
+           "PEFTFLOW_MODELS_ROOT": str(base.parent)}
     return Run(base, work, tmp / "releases", profile, ROOT / "dag_specs/rwkv7_smoke_cpu.yaml",
                work / "prepare_dataset", work / "train_adapter", work / "evaluate_adapter",
                gate_file, work / "release_adapter", env)
@@ -198,6 +201,7 @@ def make_run(tmp: Path, name: str = "run1", seed: int = 1, verdict: str = "pass"
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
     monkeypatch.setenv("PEFTFLOW_RELEASES_ROOT", str(tmp_path / "releases"))
+    monkeypatch.setenv("PEFTFLOW_MODELS_ROOT", str(tmp_path / "models"))  # as make_run's env
     return make_run(tmp_path)
 
 

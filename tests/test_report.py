@@ -42,6 +42,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Released]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PEFTFLOW_RELEASES_ROOT", str(tmp / "releases"))
         mp.setenv("PEFTFLOW_AUDIT_LOG", str(tmp / "audit.jsonl"))
+        mp.setenv("PEFTFLOW_MODELS_ROOT", str(tmp / "models"))  # where make_run puts the model
         mp.setattr(chart, "figure", spy)
         run = make_run(tmp)
         assert release_stage.main(run.args()) == 0
