@@ -53,10 +53,16 @@ def _listeners(client: Client, uri: str) -> tuple[int | None, dict[str, bool]]:
 
 def _started_runs(client: Client, asset_id: int, event_id: int,
                   wait_s: float) -> dict[str, str]:
-    """dag_id -> run_id of the runs Airflow created from this event, waiting up to wait_s."""
+    """dag_id -> run_id of the runs Airflow created from this event, waiting up to wait_s.
+
+    The event is recorded already: a failed look (SQLite answers a busy moment with a 500)
+    is retried until the deadline, and never turns into "Airflow was not told"."""
     deadline = time.monotonic() + wait_s
     while True:
-        event = client.asset_event(asset_id, event_id)
+        try:
+            event = client.asset_event(asset_id, event_id)
+        except PeftflowError:
+            event = None
         runs = {str(r["dag_id"]): str(r["run_id"])
                 for r in (event or {}).get("created_dagruns", [])}
         if runs or time.monotonic() >= deadline:
@@ -104,14 +110,14 @@ def announce_dataset(manifest_path: Path, name: str, version: str,
             _audit(uri, extra, "no_listener", {})
             return False
         event = api.post_asset_event(asset_id, extra)
-        started = _started_runs(api, asset_id, int(event["id"]),
-                                wait_s if not all(paused.values()) else 0.0)
     except PeftflowError as exc:
         print(f"warning: {name} {version} is registered, but Airflow was not told: {exc}\n"
               f"  no run starts until it is; once Airflow is up: {_retry_hint(manifest_path)}",
               file=sys.stderr)
         _audit(uri, extra, "not_announced", {"error": str(exc)})
         return False
+    started = _started_runs(api, asset_id, int(event["id"]),
+                            wait_s if not all(paused.values()) else 0.0)
     deliveries = _deliveries(paused, started, manifest_path, api.base_url)
     print(f"{name} {version}: asset event {event['id']} on {uri}")
     for delivery in deliveries:

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from live_harness import Live
-from live_scenarios import SMOKE
+from live_scenarios import LOAD
 
 pytestmark = [pytest.mark.live,
               pytest.mark.parametrize("deployment", ["sqlite"], indirect=True)]
@@ -71,12 +71,12 @@ def _running_task_log(live: Live, run_id: str, timeout: float) -> str | None:
     """The api-server's answer for the log of the first task seen running (JSON text)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for task_id, ti in live.task_instances(SMOKE, run_id).items():
+        for task_id, ti in live.task_instances(LOAD, run_id).items():
             if ti["state"] == "running":
-                path = (f"/api/v2/dags/{SMOKE}/dagRuns/{run_id}/taskInstances/{task_id}"
+                path = (f"/api/v2/dags/{LOAD}/dagRuns/{run_id}/taskInstances/{task_id}"
                         f"/logs/{ti['try_number']}")
                 return json.dumps(live.api(lambda p=path: live.client._send("GET", p)))
-        if live.run_state(SMOKE, run_id) in ("success", "failed"):
+        if live.run_state(LOAD, run_id) in ("success", "failed"):
             return None
         time.sleep(0.5)
     return None
@@ -85,10 +85,12 @@ def _running_task_log(live: Live, run_id: str, timeout: float) -> str | None:
 def test_nothing_listens_beyond_loopback_and_secrets_and_logs_are_private(
         deployment: Live, measure: Callable[..., None]) -> None:
     live = deployment
-    run_id = live.trigger_cli(SMOKE, {"note": "live secrets test"})
+    # LOAD (tiny profile, forced): a smoke run here would leave cached results that the
+    # smoke tests, which run after this file, expect to compute themselves
+    run_id = live.trigger_cli(LOAD, {"note": "live secrets test", "force_rerun": True})
     served = _running_task_log(live, run_id, timeout=300)
     during = _listening(live)
-    live.wait_for(SMOKE, run_id, "success", timeout=600)
+    live.wait_for(LOAD, run_id, "success", timeout=600)
     after = _listening(live)
 
     api = f"127.0.0.1:{live.env['PEFTFLOW_API_PORT']}"
