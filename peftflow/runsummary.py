@@ -13,9 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-GATE_TASK = "release_gate"
-STAGE_TASKS = ("prepare_dataset", "train_adapter", "evaluate_adapter", GATE_TASK,
-               "release_adapter")
+from peftflow.expand import GATE_TASK
+from peftflow.spec import STAGES
+
+# the DAG's tasks in order, the gate before the release (as expand.dag_config builds them)
+STAGE_TASKS = (*(s.value for s in STAGES[:-1]), GATE_TASK, STAGES[-1].value)
 NOTE_MAX = 1000  # Airflow's limit for a DagRun note (PATCH .../dagRuns/{id})
 
 
