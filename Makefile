@@ -32,7 +32,7 @@ validate: ## validate dag_specs/ (what the pre-commit hook runs)
 
 lint: ## ruff and mypy (installed on demand)
 	$(PY) -m pip install --quiet ruff==0.14.6 mypy==1.19.0 types-PyYAML==6.0.12.20261122
-	$(VENV)/bin/ruff check peftflow operators dags tests bench
+	$(VENV)/bin/ruff check peftflow operators dags plugins tests bench
 	$(VENV)/bin/mypy
 
 clean-artifacts: ## delete local run artifacts (not releases, not the audit trail)

@@ -41,6 +41,8 @@ def render(*, db_url: str, log_dir: Path, api_host: str, api_port: int, parallel
 # Remove the line above to manage this file by hand.
 [core]
 dags_folder = {root / 'dags'}
+# the peftflow plugin: the api-server's trigger guard (peftflow/triggerguard.py)
+plugins_folder = {root / 'plugins'}
 executor = LocalExecutor
 parallelism = {parallelism}
 max_active_tasks_per_dag = {parallelism}

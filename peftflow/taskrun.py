@@ -57,20 +57,13 @@ def _load(spec_file: str, run: runinfo.RunInfo, what: str) -> Spec:
 
 
 def check_params(spec: Spec, params: dict[str, Any]) -> None:
-    """What Airflow's per-param validation cannot see: keys the DAG does not declare (a typo
-    such as `force_rerun` spelt `force-rerun` would be ignored silently) and an override
-    without a reason. Checked when the first task starts, before any work."""
-    from peftflow import expand
+    """The trigger-conf rules (peftflow.triggerconf) for runs the api-server's guard did not
+    see: checked when the first task starts, before any work."""
+    from peftflow import expand, triggerconf
 
-    declared = expand.trigger_params(spec)
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ConfigError(f"unknown trigger param(s) {', '.join(map(repr, unknown))}; "
-                          f"{spec.dag_id} accepts {', '.join(declared)}: fix the conf and "
-                          "trigger again")
-    if params.get("override_gate") and not str(params.get("override_reason") or "").strip():
-        raise ConfigError("override_gate is set without an override_reason; say why the gate "
-                          "is overridden (it is audited) and trigger again")
+    problems = triggerconf.conf_problems(spec.dag_id, expand.trigger_params(spec), params)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _upstream(context: Any, stage: Stage) -> dict[Stage, dict[str, Any]]:

@@ -40,6 +40,7 @@ INJECTION = "live_injection"
 INJECTION_ALL = "live_injection_all"  # rejected when parsed (hostile dag_id and all)
 RETRAIN = "live_retrain"
 BACKFILL = "live_backfill"
+OVERRIDABLE = "live_overridable"  # gate.allow_override: true (the trigger guard's test)
 RETRAIN_DATASET = "live-docs"
 # The pause policy (spec start_paused, default paused only for cron DAGs) leaves exactly this
 # DAG paused; unpausing a cron DAG with catchup off starts its latest run at once, so the
@@ -150,6 +151,7 @@ def write_all(root: Path, kind: str) -> list[str]:
               dataset={"name": RETRAIN_DATASET, "manifest": str(retrain_v1)},
               gate={**smoke["gate"], "compare_to_release": {"tolerance": 0.01}},
               max_active_runs=1),
+        _spec(OVERRIDABLE, gate={**smoke["gate"], "allow_override": True}),
         _spec(BACKFILL, schedule={"enabled": True, "cron": "0 3 * * *", "timezone": "UTC",
                                   "catchup": False}),
     ]

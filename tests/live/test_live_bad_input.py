@@ -17,6 +17,7 @@ from live_scenarios import (
     BAD_LINES,
     HASH_MISMATCH,
     INJECTION,
+    OVERRIDABLE,
     PWNED,
     SMOKE,
     TOO_FEW,
@@ -81,7 +82,10 @@ def test_shell_injection_in_spec_profile_and_trigger_text_executes_nothing(
         deployment: Live, measure: Callable[..., None]) -> None:
     """The spec's description, the profile's description and the note carry $(...),
     backticks, ';', '&&' and '|': the run is inert and still succeeds. An extra conf key
-    with the same text is refused when the first task starts: the run fails at once."""
+    with the same text is refused by the api-server before a run exists; sent by the local
+    `airflow dags trigger` (which the api-server never sees) it fails the first task."""
+    from peftflow.airflow_api import ApiError
+
     markers = deployment.root / "markers"
     note = hostile(markers, "note")[:500]
     run_id = deployment.trigger_rest(INJECTION, {"note": note})
@@ -89,8 +93,15 @@ def test_shell_injection_in_spec_profile_and_trigger_text_executes_nothing(
     _no_markers(deployment)
     notes = {e.get("note") for e in deployment.audit_events(run_id) if e.get("task_id")}
     assert notes == {note}, notes  # recorded verbatim, as data
-    extra = deployment.trigger_rest(INJECTION, {"note": note,
-                                                "cmd": hostile(markers, "conf-key")})
+    before = {r["dag_run_id"] for r in deployment.runs(INJECTION)}
+    extra_conf = {"note": note, "cmd": hostile(markers, "conf-key")}
+    with pytest.raises(ApiError) as refused:
+        deployment.trigger_rest(INJECTION, extra_conf)
+    assert refused.value.status == 400 and "unknown trigger param(s) 'cmd'" in str(refused.value)
+    assert {r["dag_run_id"] for r in deployment.runs(INJECTION)} == before
+    extra = "manual__cli_extra_key"
+    deployment.airflow("dags", "trigger", INJECTION, "--run-id", extra,
+                       "--conf", json.dumps(extra_conf))
     deployment.wait_for(INJECTION, extra, "failed", timeout=300)
     tis = deployment.task_instances(INJECTION, extra)
     assert tis["prepare_dataset"]["state"] == "failed" and tis["prepare_dataset"]["try_number"] == 1
@@ -119,6 +130,18 @@ def test_hostile_trigger_params_and_run_ids_are_rejected_before_any_run(
         with pytest.raises(ApiError) as refused:
             deployment.trigger_rest(SMOKE, conf)
         assert refused.value.status == 400, (conf, str(refused.value))
+    guarded = {  # what Airflow's per-param validation passes and the trigger guard refuses
+        "force-rerun": ({"force-rerun": True}, "'force-rerun' (did you mean 'force_rerun'?)"),
+        "override": ({"override_gate": True, "override_reason": "  "},
+                     "override_gate is set without an override_reason"),
+    }
+    for dag_id, (conf, message) in [(SMOKE, guarded["force-rerun"]),
+                                    (OVERRIDABLE, guarded["override"])]:
+        with pytest.raises(ApiError) as refused:
+            deployment.trigger_rest(dag_id, conf)
+        assert refused.value.status == 400 and message in str(refused.value), str(refused.value)
+    anonymous = _post_anonymously(deployment, SMOKE, guarded["force-rerun"][0])
+    assert anonymous[0] == 401 and "force_rerun" not in anonymous[1], anonymous
     cli = deployment.airflow("dags", "trigger", SMOKE, "--conf", json.dumps(HOSTILE_CONF[0]),
                              check=False)
     assert cli.returncode != 0, cli.stdout
@@ -129,10 +152,27 @@ def test_hostile_trigger_params_and_run_ids_are_rejected_before_any_run(
                 {"dag_run_id": r, "logical_date": None, "conf": {}}))
         assert refused.value.status in (400, 422), (run_id, str(refused.value))
     assert {r["dag_run_id"] for r in deployment.runs(SMOKE)} == before
+    assert deployment.runs(OVERRIDABLE) == []
     assert not (deployment.artifacts.parent / "escape").exists()
     _no_markers(deployment)
     measure("bad input hostile trigger params", deployment.kind,
-            rest_refused=len(HOSTILE_CONF) + 3, cli_refused=1, runs_created=0)
+            rest_refused=len(HOSTILE_CONF) + len(guarded) + 3, cli_refused=1, runs_created=0)
+
+
+def _post_anonymously(live: Live, dag_id: str, conf: dict[str, Any]) -> tuple[int, str]:
+    """A trigger without credentials: Airflow's own 401, never the guard's answer."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{live.client.base_url}/api/v2/dags/{dag_id}/dagRuns", method="POST",
+        data=json.dumps({"logical_date": None, "conf": conf}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 @pytest.fixture
