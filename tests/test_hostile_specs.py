@@ -209,3 +209,21 @@ def test_a_hostile_manifest_named_by_a_spec_is_a_located_spec_problem(
         validate.load_spec(path)
     text = str(caught.value)
     assert message in text and "$.dataset.manifest: the dataset manifest has" in text, text
+
+
+def test_a_folder_with_more_specs_than_load_in_time_reads_the_first_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_SPEC_FILES the DAG file would hit Airflow's import timeout and lose every DAG;
+    the cap keeps the first files by name and reports the folder (lowered here to 3)."""
+    from peftflow import validate
+
+    monkeypatch.setattr(validate, "MAX_SPEC_FILES", 3)
+    folder = tmp_path / "dag_specs"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"s{i}.yaml").write_text(_spec(f"many_{i}"))
+    result = validate.validate_paths([folder])
+    assert [s.dag_id for s in result.specs] == ["many_0", "many_1", "many_2"]
+    [problem] = result.problems
+    assert problem.file.endswith("dag_specs") and "5 spec files, more than the 3" in problem.message
+    assert "from " in problem.message and "s3.yaml on nothing is" in problem.message
