@@ -126,6 +126,13 @@ def test_record_without_text_names_the_line(tmp_path: Path) -> None:
         suites.texts(suites.load(path))
 
 
+def test_a_record_of_only_invisible_characters_is_an_empty_text(tmp_path: Path) -> None:
+    """Zero-width and format characters score nothing: such a record is empty, not a text."""
+    path = write_suite(tmp_path, ["ok", "\u200b\u200d\ufeff \u2060"])
+    with pytest.raises(DataError, match=r"texts.jsonl:2: no non-empty string under 'body'"):
+        suites.texts(suites.load(path))
+
+
 def test_windows_start_with_eod_and_respect_ctx_len_and_limits(tmp_path: Path) -> None:
     path = write_suite(tmp_path, ["abcdefghijkl", "xy", "mnop", "qrs"], max_documents=3,
                        max_tokens=12)

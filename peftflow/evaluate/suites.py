@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftflow import schemas, yamlmarks
+from peftflow.dataset.reader import visible
 from peftflow.errors import (
     ConfigError,
     DataError,
@@ -135,7 +136,7 @@ def texts(suite: Suite) -> list[str]:
                 raise DataError(
                     f"{where}: not valid JSON ({exc.msg}); fix or remove the line") from None
             text = record.get(suite.text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str) or not visible(text):  # zero-width only = empty
                 raise DataError(
                     f"{where}: no non-empty string under {suite.text_field!r}; every record "
                     f"needs its text there (or set data.text_field in {suite.path})"
