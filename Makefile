@@ -19,7 +19,7 @@ test-fast: ## run the tests that need no live Airflow services
 	$(PY) -m pytest -m "not live" $(PYTEST_ARGS)
 
 smoke: setup ## run the smoke pipeline end to end under the real services
-	$(PY) -m peftflow.smoke
+	$(PY) -m peftflow.smoke.run
 
 bench: setup ## benchmarks: parse cost, prepare throughput, operator overhead, orchestration
 	$(PY) bench/bench_parse.py

@@ -2,7 +2,7 @@
 scripts run back to back by hand, in one run, on a private AIRFLOW_HOME.
 
 By hand: prepare, train, evaluate, the gate decision, release, each with exactly the argv the
-operators would build (peftflow.plan). Live: scheduler + dag-processor + api-server with
+operators would build (peftflow.run.plan). Live: scheduler + dag-processor + api-server with
 LocalExecutor on SQLite, triggered over REST with force_rerun (so nothing is reused), timed
 from trigger to the run's end. Prints both wall times, the ratio and the overhead per task.
 Target: ratio < 1.5. Usage: python bench/bench_orchestration.py
@@ -32,12 +32,13 @@ def free_port() -> int:
 
 def by_hand(tmp: Path) -> float:
     """The four scripts back to back, plus the gate decision, as an operator would run them."""
-    from peftflow import status, validate
-    from peftflow.plan import build
     from peftflow.release import gate
-    from peftflow.runinfo import RunInfo
+    from peftflow.run.plan import build
+    from peftflow.run.runinfo import RunInfo
     from peftflow.settings import child_env
-    from peftflow.spec import Stage
+    from peftflow.spec import validate
+    from peftflow.spec.model import Stage
+    from peftflow.store import status_record as status
 
     spec = validate.load_spec(ROOT / "dag_specs" / f"{DAG_ID}.yaml")
     run = RunInfo(DAG_ID, "by_hand", "bench", 1, "bench", "manual", {}, {})
@@ -62,8 +63,8 @@ def by_hand(tmp: Path) -> float:
 
 
 def live(tmp: Path) -> tuple[float, dict[str, float]]:
-    from peftflow import services
-    from peftflow.airflow_api import Client
+    from peftflow.airflow import services
+    from peftflow.airflow.client import Client
 
     airflow = str(Path(sys.executable).parent / "airflow")
     dep = services.configure()

@@ -23,6 +23,6 @@ class ReleaseGateOperator(BaseOperator):
         self.spec_file = spec_file
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from peftflow import taskrun
+        from peftflow.airflow import taskrun
 
         return taskrun.run_gate(self, context)

@@ -29,7 +29,7 @@ class StageOperator(BaseOperator):
         self._child: Any = None
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from peftflow import taskrun
+        from peftflow.airflow import taskrun
 
         return taskrun.run_stage(self, context)
 

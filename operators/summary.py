@@ -25,6 +25,6 @@ class RunSummaryOperator(BaseOperator):
         self.is_teardown = True
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from peftflow import taskrun
+        from peftflow.airflow import taskrun
 
         return taskrun.run_summary(self, context)

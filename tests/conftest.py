@@ -58,7 +58,7 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def smoke_base_model() -> Path:
     """The tiny random RWKV-7 of the smoke profile (deterministic; created if missing)."""
-    from peftflow import profile
+    from peftflow.spec import training_profile as profile
     from peftflow.train.tiny import init_tiny_rwkv7
 
     prof = profile.load(ROOT / "configs/profiles/smoke_cpu.yaml")

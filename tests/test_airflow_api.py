@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from peftflow.airflow_api import ApiError, Client
+from peftflow.airflow.client import ApiError, Client
 
 
 class _Api(BaseHTTPRequestHandler):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import audit
 from peftflow.errors import IntegrityError, SpecError
+from peftflow.store import audit
 
 
 def _fill(log: Path, count: int = 5) -> list[dict]:
@@ -219,7 +219,7 @@ def test_events_filter_by_dag_and_run(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "peftflow.cli", *args],
+    return subprocess.run([sys.executable, "-m", "peftflow.cli.main", *args],
                           capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import audit, auditkey
 from peftflow.errors import ConfigError
+from peftflow.store import audit
+from peftflow.store import audit_key as auditkey
 
 
 @pytest.fixture
@@ -164,7 +165,7 @@ def test_a_legitimate_log_verifies_across_a_key_rotation_and_a_restart(log: Path
     for private in (keyfile, auditkey.ring_path(keyfile)):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     # A new process (settings read afresh) appends and verifies the same log.
-    code = ("from peftflow import audit; audit.append('run_finished', dag_id='smoke'); "
+    code = ("from peftflow.store import audit; audit.append('run_finished', dag_id='smoke'); "
             "assert audit.verify() == []")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
@@ -253,5 +254,5 @@ def test_a_copy_of_a_log_verifies_with_a_note_but_the_configured_log_needs_its_a
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "peftflow.cli", *args],
+    return subprocess.run([sys.executable, "-m", "peftflow.cli.main", *args],
                           capture_output=True, text=True, timeout=60, check=False)

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from peftflow import audit, cli
+from peftflow.cli import main as cli
 from peftflow.stages import common
+from peftflow.store import audit
 
 ROOT = Path(__file__).resolve().parents[1]
 INVALID = ROOT / "tests" / "fixtures" / "specs" / "invalid"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import validate
-from peftflow.spec import GPU_STAGES, STAGES, Spec, SpecKind, Stage
+from peftflow.spec import validate
+from peftflow.spec.model import GPU_STAGES, STAGES, Spec, SpecKind, Stage
 
 TASK_ORDER = ["prepare_dataset", "train_adapter", "evaluate_adapter", "release_gate",
               "release_adapter", "run_summary"]
@@ -133,7 +133,8 @@ def test_triggering_the_marked_dag_fails_with_the_problems() -> None:
 
 def test_gpu_stages_always_use_the_gpu_pool_even_if_expansion_is_tampered(  # type: ignore[no-untyped-def]
         monkeypatch, specs: list[Spec]) -> None:
-    from peftflow import expand, loader
+    from peftflow.airflow import loader
+    from peftflow.spec import expand
 
     original = expand.dag_config
 

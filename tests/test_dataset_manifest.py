@@ -11,7 +11,7 @@ import pytest
 
 from peftflow.dataset import load_manifest, register_dataset
 from peftflow.errors import ConfigError, DataError, IntegrityError, MissingInputError, SpecError
-from peftflow.hashing import sha256_file
+from peftflow.store.hashing import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def _snapshot(path: Path) -> tuple[bytes, int]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "peftflow.cli", "dataset", *args],
+    return subprocess.run([sys.executable, "-m", "peftflow.cli.main", "dataset", *args],
                           capture_output=True, text=True, cwd=ROOT, check=False)
 
 

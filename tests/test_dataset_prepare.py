@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peftflow import status
 from peftflow.dataset import binidx, load_manifest, pipeline, register_dataset, tokenizer
 from peftflow.stages import common, prepare
+from peftflow.store import status_record as status
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "prepare_dataset.sh"

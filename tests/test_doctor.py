@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import doctor, profile
+from peftflow.cli import doctor
+from peftflow.spec import training_profile as profile
 
 
 @pytest.fixture()

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from peftflow import profile as profile_mod
 from peftflow.errors import ConfigError
 from peftflow.evaluate import merge, scoring, suites
+from peftflow.spec import training_profile as profile_mod
 from peftflow.train.tiny import init_tiny_rwkv7
 
 ROOT = Path(__file__).resolve().parents[1]

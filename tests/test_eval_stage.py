@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 
-from peftflow import schemas, status
 from peftflow.evaluate import merge, suites
 from peftflow.stages import common
 from peftflow.stages import evaluate as stage
+from peftflow.store import schemas
+from peftflow.store import status_record as status
 from peftflow.train.tiny import init_tiny_rwkv7
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +198,7 @@ def test_write_merged_onto_the_base_model_is_refused_and_leaves_it_intact(
 def test_check_suite_command_reports_documents_and_hash_mismatches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from peftflow import cli
+    from peftflow.cli import main as cli
 
     assert common.run(cli._main, ["eval", "check-suite", str(DOMAIN), str(RETENTION)]) == 0
     docs = suites.tokenize(suites.load(DOMAIN), suites.encoder())

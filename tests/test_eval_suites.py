@@ -10,7 +10,7 @@ import pytest
 
 from peftflow.errors import ConfigError, DataError, IntegrityError, MissingInputError, SpecError
 from peftflow.evaluate import suites
-from peftflow.hashing import sha256_file
+from peftflow.store.hashing import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs" / "eval").glob("*.yaml"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from peftflow import schemas
 from peftflow.errors import ConfigError
 from peftflow.evaluate.suites import SuiteKind
 from peftflow.evaluate.verdict import Outcome, SuiteResult, Thresholds, document, judge
+from peftflow.store import schemas
 
 SHA = "ab" * 32
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import audit
 from peftflow.errors import IntegrityError, MissingInputError
 from peftflow.release import gate
+from peftflow.store import audit
 
 EVAL_RULES = {
     "pass": [
@@ -170,7 +170,7 @@ def test_decision_round_trips_and_records_evidence_hashes(tmp_path: Path) -> Non
     again = gate.read_decision(path)
     assert again == decision
     assert again.decision_id == decision.decision_id
-    from peftflow.hashing import sha256_file
+    from peftflow.store.hashing import sha256_file
     assert again.evidence_sha("verdict") == sha256_file(tmp_path / "verdict.json")
     assert again.quality_rules[1]["offending_lines"] == [4, 9, 77]
 

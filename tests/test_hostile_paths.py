@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import cli, profile, status
+from peftflow.cli import main as cli
 from peftflow.dataset import load_manifest, register_dataset
 from peftflow.dataset.reader import classify, visible
 from peftflow.errors import ConfigError, SpecError
 from peftflow.evaluate import suites
+from peftflow.spec import training_profile as profile
 from peftflow.stages import common, prepare
+from peftflow.store import status_record as status
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ROOT / "tests" / "fixtures" / "hostile"

@@ -75,7 +75,7 @@ def _shown(name: str) -> str:
 def test_validate_names_every_hostile_file_with_its_reason_without_hanging(
         corpus: Path) -> None:
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "peftflow.cli", "validate",
+    done = subprocess.run([sys.executable, "-m", "peftflow.cli.main", "validate",
                            str(corpus / "dag_specs")], capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
     took = time.monotonic() - t0
@@ -138,8 +138,8 @@ WILL_NOT_RUN = {
 @pytest.mark.parametrize("case", sorted(WILL_NOT_RUN))
 def test_a_value_that_would_fail_later_is_refused_at_validation(
         case: str, tmp_path: Path) -> None:
-    from peftflow import validate
     from peftflow.errors import SpecError
+    from peftflow.spec import validate
 
     text, message = WILL_NOT_RUN[case]
     path = tmp_path / f"{case}.yaml"
@@ -150,7 +150,7 @@ def test_a_value_that_would_fail_later_is_refused_at_validation(
 
 
 def test_a_cron_preset_is_accepted_by_schema_and_code_alike(tmp_path: Path) -> None:
-    from peftflow import expand, validate
+    from peftflow.spec import expand, validate
 
     path = tmp_path / "preset.yaml"
     path.write_text(_schedule("schedule:\n  enabled: true\n  cron: '@daily'"))
@@ -161,8 +161,8 @@ def test_a_cron_preset_is_accepted_by_schema_and_code_alike(tmp_path: Path) -> N
 
 
 def test_a_nan_learning_rate_in_a_profile_is_refused_where_it_is_written(tmp_path: Path) -> None:
-    from peftflow import profile
     from peftflow.errors import SpecError
+    from peftflow.spec import training_profile as profile
 
     text = (ROOT / "configs" / "profiles" / "smoke_cpu.yaml").read_text()
     path = tmp_path / "nan_lr.yaml"
@@ -181,7 +181,7 @@ def test_a_broken_orchestration_config_fails_validate_too(
         config: str, message: str, tmp_path: Path) -> None:
     path = tmp_path / "orchestration.yaml"
     path.write_text(config)
-    done = subprocess.run([sys.executable, "-m", "peftflow.cli", "validate"],
+    done = subprocess.run([sys.executable, "-m", "peftflow.cli.main", "validate"],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PEFTFLOW_ORCHESTRATION_CONFIG": str(path)})
     assert done.returncode == 1
@@ -196,8 +196,8 @@ def test_a_broken_orchestration_config_fails_validate_too(
 ])
 def test_a_hostile_manifest_named_by_a_spec_is_a_located_spec_problem(
         manifest: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftflow import validate
     from peftflow.errors import SpecError
+    from peftflow.spec import validate
 
     monkeypatch.setenv("PEFTFLOW_ALLOWED_ROOTS", str(tmp_path))
     bad = tmp_path / "deep.manifest.json"
@@ -215,7 +215,7 @@ def test_a_folder_with_more_specs_than_load_in_time_reads_the_first_and_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_SPEC_FILES the DAG file would hit Airflow's import timeout and lose every DAG;
     the cap keeps the first files by name and reports the folder (lowered here to 3)."""
-    from peftflow import validate
+    from peftflow.spec import validate
 
     monkeypatch.setattr(validate, "MAX_SPEC_FILES", 3)
     folder = tmp_path / "dag_specs"

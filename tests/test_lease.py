@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from peftflow import lease
+from peftflow.run import lease
 
 # A leader that starts a grandchild in its group, prints the grandchild's pid, then waits.
 TREE = ("import subprocess, sys, time; "

@@ -26,7 +26,7 @@ FAKE_STAGE = textwrap.dedent('''
     """A stand-in prepare stage whose behaviour FAKE_MODE chooses."""
     import os, sys, time
     from pathlib import Path
-    from peftflow.status import StageRecorder
+    from peftflow.store.status_record import StageRecorder
     args = sys.argv[1:]
     out = Path(args[args.index("--out") + 1])
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def test_reuse_is_refused_when_the_earlier_output_was_changed(
 
 def test_audit_trail_records_start_success_and_reuse(
         fake_scripts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftflow import audit
+    from peftflow.store import audit
 
     monkeypatch.setenv("FAKE_MODE", "ok")
     _operator().execute(_context("manual__a", {"note": "first run"}))
@@ -218,7 +218,8 @@ def test_a_retry_stops_the_stage_an_earlier_try_left_running(
     """Try 1's watcher died (worker lost) but its stage runs on: try 2 stops it first."""
     import subprocess
 
-    from peftflow import audit, lease
+    from peftflow.run import lease
+    from peftflow.store import audit
 
     monkeypatch.setenv("FAKE_MODE", "exit1")
     with pytest.raises(AirflowException):
@@ -254,8 +255,9 @@ def test_an_unknown_conf_key_fails_the_first_task_before_running(
 def test_an_override_without_a_reason_is_refused_where_overrides_are_allowed() -> None:
     import dataclasses
 
-    from peftflow import taskrun, validate
+    from peftflow.airflow import taskrun
     from peftflow.errors import ConfigError
+    from peftflow.spec import validate
 
     spec = validate.load_spec(SPEC)
     allowing = dataclasses.replace(spec, gate=dataclasses.replace(spec.gate,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import audit, orchestration, profile_cli, validate
+from peftflow.cli import profile as profile_cli
+from peftflow.spec import orchestration, validate
+from peftflow.store import audit
 
 
 @pytest.fixture()

@@ -42,7 +42,8 @@ def _states(run: Any) -> dict[str, str]:
 
 def _summary(run: Any) -> dict[str, Any]:
     """run_summary.json that the run_summary teardown wrote for this run."""
-    from peftflow import runinfo, settings
+    from peftflow import settings
+    from peftflow.run import runinfo
 
     path = (settings.get().artifact_root / run.dag_id / runinfo.safe_segment(run.run_id)
             / "run_summary.json")
@@ -59,8 +60,8 @@ def ok_run(dag_folder: Path, airflow_db: None, smoke_base_model: Path) -> Any:
 
 
 def test_success_path_releases_with_a_valid_manifest(ok_run: Any) -> None:
-    from peftflow import schemas
     from peftflow.release import registry
+    from peftflow.store import schemas
 
     assert str(ok_run.state) == "success", _states(ok_run)
     release = registry.current_release("smoke-cpu")
@@ -89,7 +90,7 @@ def test_a_released_run_summarises_every_stage_as_ran_and_names_the_release(
 
 
 def test_success_path_leaves_a_verifiable_audit_trail(ok_run: Any) -> None:
-    from peftflow import audit
+    from peftflow.store import audit
 
     events = [e for e in audit.events(run_id=ok_run.run_id)]
     kinds = [e["event"] for e in events]
@@ -109,8 +110,8 @@ def test_adapter_improved_the_domain_loss(ok_run: Any) -> None:
 
 def test_unreachable_gate_blocks_the_release_and_records_why(ok_run: Any,
                                                              dag_folder: Path) -> None:
-    from peftflow import audit
     from peftflow.release import registry
+    from peftflow.store import audit
 
     run = _run(dag_folder, "pipe_blocked")
     states = _states(run)
@@ -133,8 +134,8 @@ def test_unreachable_gate_blocks_the_release_and_records_why(ok_run: Any,
 
 
 def test_rerun_with_unchanged_inputs_reuses_every_stage(ok_run: Any, dag_folder: Path) -> None:
-    from peftflow import audit
     from peftflow.release import registry
+    from peftflow.store import audit
 
     before = registry.current_release("smoke-cpu")
     run = _run(dag_folder, "pipe_ok")

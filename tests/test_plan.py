@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import plan
-from peftflow.spec import Stage
+from peftflow.run import plan
+from peftflow.spec.model import Stage
 
 
 @pytest.fixture()

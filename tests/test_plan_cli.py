@@ -9,7 +9,9 @@ import pytest
 from dagtest_support import task_context
 
 from operators.stage import StageOperator
-from peftflow import cli, plan_cli, validate
+from peftflow.cli import main as cli
+from peftflow.cli import plan as plan_cli
+from peftflow.spec import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "dag_specs" / "rwkv7_smoke_cpu.yaml"
@@ -115,7 +117,7 @@ def test_a_retrain_planned_with_the_dataset_event_of_a_new_version_runs_on_it(
 
 
 def test_the_dataset_event_extra_is_the_one_registering_announces(dataset_v2: Path) -> None:
-    from peftflow import triggers
+    from peftflow.airflow import triggers
 
     spec = validate.load_spec(RETRAIN)
     assert plan_cli.dataset_event(spec, str(dataset_v2)) == triggers.event_extra(

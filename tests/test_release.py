@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import schemas
-from peftflow import status as stage_status
 from peftflow.errors import ResourceError
-from peftflow.hashing import sha256_file
 from peftflow.release import gate, lineage, publish, registry
-from peftflow.status import StageRecorder
+from peftflow.store import schemas
+from peftflow.store import status_record as stage_status
+from peftflow.store.hashing import sha256_file
+from peftflow.store.status_record import StageRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "release_adapter.sh"
@@ -344,7 +344,7 @@ def test_an_existing_version_is_never_overwritten(tmp_path: Path, run: Run) -> N
 
 def test_a_crash_while_building_leaves_no_half_release(
         run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftflow import profile
+    from peftflow.spec import training_profile as profile
 
     def disk_full(doc: dict, path: Path) -> None:
         raise ResourceError(f"{path}: no space left on device (injected)")
@@ -385,7 +385,7 @@ def test_a_base_model_changed_since_training_is_refused(run: Run) -> None:
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "peftflow.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "peftflow.cli.main", *args], capture_output=True,
                           text=True, env=env, timeout=60, check=False)
 
 

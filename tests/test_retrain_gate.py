@@ -35,10 +35,11 @@ def _run(dag_folder: Path, dag_id: str) -> Any:
 
 def test_retrain_adapter_worse_than_the_release_is_blocked_with_the_comparison(
         dag_folder: Path, airflow_db: None, smoke_base_model: Path) -> None:
-    from peftflow import settings, status
-    from peftflow.hashing import sha256_file
+    from peftflow import settings
     from peftflow.release import lineage, registry
-    from peftflow.runinfo import safe_segment
+    from peftflow.run.runinfo import safe_segment
+    from peftflow.store import status_record as status
+    from peftflow.store.hashing import sha256_file
 
     first = _run(dag_folder, "retrain_first")
     assert str(first.state) == "success"

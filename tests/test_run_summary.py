@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftflow import runsummary
+from peftflow.airflow import runsummary
 
 RUN = "manual__2026-12-01T10:00:00+00:00"
 EARLIER = "manual__2026-11-30T09:00:00+00:00"

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import airflowcfg, doctor, services
+from peftflow.airflow import config as airflowcfg
+from peftflow.airflow import services
+from peftflow.cli import doctor
 from peftflow.errors import ConfigError
 
 PASSWORDS = "simple_auth_manager_passwords.json.generated"

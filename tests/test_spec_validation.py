@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import validate
 from peftflow.errors import SpecError
-from peftflow.spec import GPU_STAGES, SpecKind, Stage
+from peftflow.spec import validate
+from peftflow.spec.model import GPU_STAGES, SpecKind, Stage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "specs"
 EXPECTED = json.loads((FIXTURES / "invalid" / "expected.json").read_text())

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from peftflow import profile
 from peftflow.errors import ConfigError
+from peftflow.spec import training_profile as profile
 from peftflow.train import rwkv_peft
 
 ROOT = Path(__file__).resolve().parents[1]

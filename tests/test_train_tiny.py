@@ -62,7 +62,7 @@ def test_the_tiny_model_has_the_rwkv7_layout() -> None:
 
 def test_model_init_tiny_command_creates_the_profile_base_model(tmp_path: Path) -> None:
     env = {**os.environ, "PEFTFLOW_MODELS_ROOT": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "peftflow.cli", "model", "init-tiny",
+    result = subprocess.run([sys.executable, "-m", "peftflow.cli.main", "model", "init-tiny",
                              "--profile", str(ROOT / "configs/profiles/smoke_cpu.yaml")],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -71,7 +71,7 @@ def test_model_init_tiny_command_creates_the_profile_base_model(tmp_path: Path) 
     sd = torch.load(path)
     assert torch.equal(sd["blocks.1.att.key.weight"],
                        tiny_state_dict(2, 128, 20261127)["blocks.1.att.key.weight"])
-    bad = subprocess.run([sys.executable, "-m", "peftflow.cli", "model", "init-tiny",
+    bad = subprocess.run([sys.executable, "-m", "peftflow.cli.main", "model", "init-tiny",
                           "--out", str(tmp_path / "x.pth"), "--n-layer", "1"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "--n-embd" in bad.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from peftflow import triggerconf, triggerguard
+from peftflow.airflow import triggerconf, triggerguard
 
 DECLARED = ["note", "training_profile", "dataset_manifest", "force_rerun", "override_gate",
             "override_reason"]

@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from peftflow import audit, triggers
-from peftflow.airflow_api import Client
+from peftflow.airflow import triggers
+from peftflow.airflow.client import Client
+from peftflow.store import audit
 
 URI = "peftflow-dataset://docs"
 

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic, schemas, yamlmarks
 from peftflow.errors import (
     ConfigError,
     DataError,
@@ -23,9 +22,10 @@ from peftflow.errors import (
     Problem,
     SpecError,
 )
-from peftflow.hashing import sha256_file
-from peftflow.profile import path_problem
-from peftflow.status import utc_now
+from peftflow.spec.training_profile import path_problem
+from peftflow.store import atomic, schemas, yamlmarks
+from peftflow.store.hashing import sha256_file
+from peftflow.store.status_record import utc_now
 
 SCHEMA = "dataset_manifest"
 SUFFIX = ".manifest.json"

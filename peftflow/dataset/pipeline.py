@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from peftflow import atomic
 from peftflow.dataset import tokenizer
 from peftflow.dataset.binidx import BinIdxWriter
 from peftflow.dataset.dedup import DuplicateSpool
@@ -38,6 +37,7 @@ from peftflow.dataset.reader import (
 )
 from peftflow.errors import IntegrityError, ResourceError
 from peftflow.stages.common import Progress, Rate
+from peftflow.store import atomic
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftflow import atomic
 from peftflow.evaluate.verdict import Thresholds
+from peftflow.store import atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

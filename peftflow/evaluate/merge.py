@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
-from peftflow.profile import PeftMethod, Profile
+from peftflow.spec.training_profile import PeftMethod, Profile
 
 if TYPE_CHECKING:
     import torch
@@ -243,7 +243,7 @@ def write_merged(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> Pa
     """torch.save the merged model atomically (a reader never sees a partial .pth)."""
     import torch
 
-    from peftflow import atomic
+    from peftflow.store import atomic
 
     target = Path(path)
     if target.suffix != ".pth":

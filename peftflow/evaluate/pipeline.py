@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic, schemas, settings, status
-from peftflow import profile as profile_mod
+from peftflow import settings
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.evaluate import chart, merge, scoring, suites, verdict
 from peftflow.evaluate.suites import Documents
-from peftflow.hashing import sha256_file
-from peftflow.profile import PeftMethod
+from peftflow.spec import training_profile as profile_mod
+from peftflow.spec.training_profile import PeftMethod
 from peftflow.stages.common import Progress, Rate
+from peftflow.store import atomic, schemas
+from peftflow.store import status_record as status
+from peftflow.store.hashing import sha256_file
 
 METRICS, VERDICT, CHART = "metrics.json", "verdict.json", "eval_chart.png"
 OUTPUT_FILES = (METRICS, VERDICT, CHART)

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftflow import schemas, yamlmarks
 from peftflow.dataset.reader import visible
 from peftflow.errors import (
     ConfigError,
@@ -18,8 +17,9 @@ from peftflow.errors import (
     Problem,
     SpecError,
 )
-from peftflow.hashing import sha256_file
-from peftflow.profile import path_problem
+from peftflow.spec.training_profile import path_problem
+from peftflow.store import schemas, yamlmarks
+from peftflow.store.hashing import sha256_file
 
 EOD = 0  # RWKV World id 0: end of document; every document is scored after it (fresh context)
 

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic, schemas
 from peftflow.errors import IntegrityError, MissingInputError, SpecError
-from peftflow.hashing import sha256_bytes, sha256_file
-from peftflow.status import utc_now
+from peftflow.store import atomic, schemas
+from peftflow.store.hashing import sha256_bytes, sha256_file
+from peftflow.store.status_record import utc_now
 
 
 @dataclass(frozen=True)

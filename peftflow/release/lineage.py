@@ -8,12 +8,13 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftflow import __version__, atomic, schemas, settings
+from peftflow import __version__, settings
 from peftflow.errors import IntegrityError, MissingInputError, PeftflowError
-from peftflow.hashing import sha256_file
-from peftflow.profile import Profile
 from peftflow.release import registry
-from peftflow.status import FileRef, utc_now
+from peftflow.spec.training_profile import Profile
+from peftflow.store import atomic, schemas
+from peftflow.store.hashing import sha256_file
+from peftflow.store.status_record import FileRef, utc_now
 
 if TYPE_CHECKING:
     from peftflow.release.gate import GateDecision

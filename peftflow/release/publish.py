@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftflow import audit, status
 from peftflow.errors import ConfigError, GateBlocked, IntegrityError, MissingInputError
-from peftflow.hashing import sha256_file
-from peftflow.profile import Profile
 from peftflow.release import gate, lineage, registry, report
-from peftflow.status import FileRef
+from peftflow.spec.training_profile import Profile
+from peftflow.store import audit
+from peftflow.store import status_record as status
+from peftflow.store.hashing import sha256_file
+from peftflow.store.status_record import FileRef
 
 LOCK_TIMEOUT_S = 1800.0  # a merged model of several GB may take minutes to copy
 

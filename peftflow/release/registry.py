@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftflow import audit, schemas, settings
+from peftflow import settings
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError, SpecError
-from peftflow.hashing import sha256_file
-from peftflow.status import utc_now
+from peftflow.store import audit, schemas
+from peftflow.store.hashing import sha256_file
+from peftflow.store.status_record import utc_now
 
 MANIFEST = "release_manifest.json"
 BLOCKED = "blocked.jsonl"

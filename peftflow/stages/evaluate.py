@@ -17,11 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from peftflow import atomic, status
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.evaluate import pipeline, verdict
 from peftflow.exitcodes import ExitCode
 from peftflow.stages import common
+from peftflow.store import atomic
+from peftflow.store import status_record as status
 
 STAGE = "evaluate_adapter"
 

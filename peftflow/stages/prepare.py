@@ -28,13 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic, schemas
 from peftflow.dataset import pipeline, tokenizer
 from peftflow.dataset.manifest import Manifest, load_manifest
 from peftflow.dataset.quality import Outcome, ProfileLimits, Report, Thresholds, evaluate
 from peftflow.errors import ConfigError, DataError, PeftflowError
 from peftflow.stages import common
-from peftflow.status import FileRef, StageRecorder, utc_now
+from peftflow.store import atomic, schemas
+from peftflow.store.status_record import FileRef, StageRecorder, utc_now
 
 STAGE = "prepare_dataset"
 PREFIX = "train_text_document"  # json2binidx's naming: <prefix>.bin / <prefix>.idx
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _limits(path: str | None) -> tuple[ProfileLimits | None, Any]:
     if not path:
         return None, None
-    from peftflow import profile
+    from peftflow.spec import training_profile as profile
 
     prof = profile.load(path)
     return ProfileLimits(prof.name, prof.model.ctx_len, prof.training.epoch_steps,

@@ -11,11 +11,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from peftflow import profile as profiles
 from peftflow.errors import ConfigError, GateBlocked, PeftflowError
 from peftflow.release import publish
+from peftflow.spec import training_profile as profiles
 from peftflow.stages import common
-from peftflow.status import StageRecorder
+from peftflow.store.status_record import StageRecorder
 
 STAGE = "release_adapter"
 

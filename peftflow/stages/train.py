@@ -34,10 +34,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from peftflow import atomic, profile, status
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError, PeftflowError
-from peftflow.profile import Backend, Profile
+from peftflow.spec import training_profile as profile
+from peftflow.spec.training_profile import Backend, Profile
 from peftflow.stages import common
+from peftflow.store import atomic
+from peftflow.store import status_record as status
 from peftflow.train import checkpoints, data, rwkv_peft
 from peftflow.train import resume as resume_mod
 from peftflow.train.backends import run_cpu, run_rwkv_peft

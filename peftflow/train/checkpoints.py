@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic
 from peftflow.errors import IntegrityError
+from peftflow.store import atomic
 
 CHECKPOINT_RE = re.compile(r"^rwkv-(\d+)\.pth$")
 

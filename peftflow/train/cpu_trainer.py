@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic
 from peftflow.errors import ConfigError
-from peftflow.profile import Profile
+from peftflow.spec.training_profile import Profile
 from peftflow.stages.common import Progress, Rate
+from peftflow.store import atomic
 from peftflow.train import checkpoints
 from peftflow.train.data import BinIdx, check_enough
 

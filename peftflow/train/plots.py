@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftflow import atomic
+from peftflow.store import atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic
-from peftflow.profile import PeftMethod, Profile
+from peftflow.spec.training_profile import PeftMethod, Profile
+from peftflow.store import atomic
 from peftflow.train import checkpoints
 from peftflow.train.rwkv_peft import Plan
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from peftflow import settings, yamlmarks
+from peftflow import settings
 from peftflow.errors import ConfigError, MissingInputError, PeftflowError, ResourceError
 from peftflow.exitcodes import classify
-from peftflow.profile import PeftMethod, Profile
+from peftflow.spec.training_profile import PeftMethod, Profile
+from peftflow.store import yamlmarks
 
 SUPPORTED_COMMIT = "5b8aac9"  # the CLI this builder emits; newer forks take --peft_config
 

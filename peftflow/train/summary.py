@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peftflow import status
 from peftflow.errors import IntegrityError, PeftflowError
-from peftflow.profile import PeftMethod, Profile
+from peftflow.spec.training_profile import PeftMethod, Profile
+from peftflow.store import status_record as status
 from peftflow.train import checkpoints, plots, resume
 
 

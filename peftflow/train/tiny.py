@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from peftflow import atomic
 from peftflow.errors import ConfigError
-from peftflow.hashing import sha256_bytes, sha256_file
+from peftflow.store import atomic
+from peftflow.store.hashing import sha256_bytes, sha256_file
 
 HEAD_SIZE = 64
 

@@ -72,7 +72,7 @@ def measure(session_dir: Path) -> Callable[..., None]:
 
 
 def _activate(live: Live, patch: pytest.MonkeyPatch) -> None:
-    """Point this process at the deployment: peftflow.services/settings read os.environ."""
+    """Point this process at the deployment: peftflow.airflow.services/settings read os.environ."""
     for key in list(os.environ):
         if key.startswith(_ENV_PREFIXES) and key not in live.env:
             patch.delenv(key)
@@ -89,7 +89,7 @@ def _timed(live: Live, step: str, action: Callable[[], Any]) -> Any:
 
 
 def _start(live: Live, patch: pytest.MonkeyPatch) -> None:
-    from peftflow import services
+    from peftflow.airflow import services
 
     if live.cluster is not None:
         _timed(live, "postgres_start", live.cluster.start)
@@ -120,7 +120,7 @@ def _start(live: Live, patch: pytest.MonkeyPatch) -> None:
 
 
 def _stop(live: Live) -> None:
-    from peftflow import services
+    from peftflow.airflow import services
 
     try:
         services.stop(live.deployment())

@@ -138,7 +138,7 @@ class Live:
         return self.home / "logs"
 
     def deployment(self) -> Any:
-        from peftflow import services
+        from peftflow.airflow import services
 
         return services.deployment()  # reads the env the fixture put in place
 
@@ -161,7 +161,7 @@ class Live:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from peftflow.airflow_api import Client
+            from peftflow.airflow.client import Client
 
             self._client = Client(f"http://127.0.0.1:{self.env['PEFTFLOW_API_PORT']}")
         return self._client
@@ -189,7 +189,7 @@ class Live:
     def trigger_rest(self, dag_id: str, conf: dict[str, Any], retry_5xx: int = 0) -> str:
         """POST a run; with retry_5xx, an HTTP 5xx (SQLite busy under load) is retried and
         recorded in server_errors with the api-server's own error lines."""
-        from peftflow.airflow_api import ApiError
+        from peftflow.airflow.client import ApiError
 
         for attempt in range(retry_5xx + 1):
             try:
@@ -342,7 +342,7 @@ class Live:
 
     # -- artifacts, releases, audit -----------------------------------------------------
     def run_dir(self, dag_id: str, run_id: str) -> Path:
-        from peftflow.runinfo import safe_segment
+        from peftflow.run.runinfo import safe_segment
 
         return self.artifacts / dag_id / safe_segment(run_id)
 
@@ -373,7 +373,7 @@ class Live:
         return manifest
 
     def audit_events(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        from peftflow import audit
+        from peftflow.store import audit
 
         return list(audit.events(self.audit_log, run_id=run_id))
 

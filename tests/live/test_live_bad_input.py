@@ -26,7 +26,7 @@ from live_scenarios import (
     write_rejected,
 )
 
-from peftflow.loader import INVALID_PREFIX
+from peftflow.airflow.loader import INVALID_PREFIX
 
 pytestmark = [pytest.mark.live,
               pytest.mark.parametrize("deployment", ["sqlite"], indirect=True)]
@@ -84,7 +84,7 @@ def test_shell_injection_in_spec_profile_and_trigger_text_executes_nothing(
     backticks, ';', '&&' and '|': the run is inert and still succeeds. An extra conf key
     with the same text is refused by the api-server before a run exists; sent by the local
     `airflow dags trigger` (which the api-server never sees) it fails the first task."""
-    from peftflow.airflow_api import ApiError
+    from peftflow.airflow.client import ApiError
 
     markers = deployment.root / "markers"
     note = hostile(markers, "note")[:500]
@@ -123,7 +123,7 @@ HOSTILE_CONF = [
 
 def test_hostile_trigger_params_and_run_ids_are_rejected_before_any_run(
         deployment: Live, measure: Callable[..., None]) -> None:
-    from peftflow.airflow_api import ApiError
+    from peftflow.airflow.client import ApiError
 
     before = {r["dag_run_id"] for r in deployment.runs(SMOKE)}
     for conf in HOSTILE_CONF:
@@ -189,7 +189,7 @@ def rejected_specs(deployment: Live) -> Iterator[list[Path]]:
 
 
 def _placeholder_doc(live: Live, spec: Path) -> str:
-    """The docs of the marked DAG that stands for a broken spec (see peftflow/loader.py)."""
+    """The docs of the marked DAG that stands for a broken spec (see peftflow/airflow/loader.py)."""
     stem = "".join(c if c.isalnum() or c == "_" else "_" for c in spec.stem.lower())
     path = f"/api/v2/dags/invalid_spec__{stem}/details"
     details = live.api(lambda: live.client._send("GET", path))

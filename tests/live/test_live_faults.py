@@ -78,7 +78,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint_and_succe
 
 def test_scheduler_killed_mid_run_and_restarted_finishes_the_run_without_repeating_tasks(
         deployment: Live, measure: Callable[..., None]) -> None:
-    from peftflow import services
+    from peftflow.airflow import services
 
     live = deployment
     run_id = live.trigger_rest(KILL_SCHEDULER, {"force_rerun": True,
@@ -140,7 +140,7 @@ def test_a_stage_that_exits_0_without_its_artifact_fails_and_nothing_is_released
 
 def test_disk_full_on_the_artifact_root_fails_cleanly_and_accepts_no_half_artifact(
         deployment: Live, measure: Callable[..., None]) -> None:
-    from peftflow import status
+    from peftflow.store import status_record as status
 
     live = deployment
     target = live.artifacts / DISK_FULL

@@ -23,7 +23,7 @@ def _events(live: Live, run_id: str, kind: str) -> list[str]:
 
 def test_smoke_dag_triggered_by_the_cli_succeeds_and_releases(
         deployment: Live, measure: Callable[..., None]) -> None:
-    from peftflow import audit, schemas
+    from peftflow.store import audit, schemas
 
     t0 = time.monotonic()
     run_id = deployment.trigger_cli(SMOKE, {"note": "live test via CLI"})
@@ -147,7 +147,7 @@ BAD_CONF: list[tuple[str, dict[str, Any]]] = [
 
 def test_out_of_range_params_are_rejected_and_no_run_is_created(
         deployment: Live, measure: Callable[..., None]) -> None:
-    from peftflow.airflow_api import ApiError
+    from peftflow.airflow.client import ApiError
 
     before = {r["dag_run_id"] for r in deployment.runs(SMOKE)}
     answers = {}

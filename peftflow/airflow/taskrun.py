@@ -1,0 +1,285 @@
+"""What the operators do when a task runs (kept out of operators/ so parsing stays cheap)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from peftflow import settings
+from peftflow.errors import ConfigError, IntegrityError, PeftflowError
+from peftflow.exitcodes import ExitCode, classify
+from peftflow.run import lease, plan, runinfo
+from peftflow.run import reuse as cache
+from peftflow.run.child import TERM_GRACE_S, Child
+from peftflow.spec import orchestration, validate
+from peftflow.spec.model import STAGES, Spec, Stage
+from peftflow.store import audit
+from peftflow.store import status_record as status
+
+GATE_TASK = "release_gate"
+log = logging.getLogger(__name__)
+REQUIRED_OUTPUTS = {
+    Stage.PREPARE: ("bin", "idx", "quality"),
+    Stage.TRAIN: ("adapter", "loss_data"),
+    Stage.EVALUATE: ("metrics", "verdict"),
+    Stage.RELEASE: ("release_manifest",),
+}
+
+
+def _event(run: runinfo.RunInfo, event: str, **fields: Any) -> None:
+    audit.append_event({"event": event, "dag_id": run.dag_id, "run_id": run.run_id,
+                  "task_id": run.task_id, "try_number": run.try_number, "actor": run.actor,
+                  "note": run.note, **fields})
+
+
+def _refs(refs: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"name": n, "sha256": r.sha256 if hasattr(r, "sha256") else r["sha256"]}
+            for n, r in refs.items()]
+
+
+def _load(spec_file: str, run: runinfo.RunInfo, what: str) -> Spec:
+    try:
+        orchestration.require_airflow_active(what)
+        spec = validate.load_spec(Path(spec_file))
+        check_params(spec, run.params)
+        return spec
+    except PeftflowError as exc:
+        _event(run, "task_failed", outcome="failed", details={"error": str(exc)})
+        raise AirflowFailException(str(exc)) from None
+
+
+def check_params(spec: Spec, params: dict[str, Any]) -> None:
+    """The trigger-conf rules (peftflow.airflow.triggerconf) for runs the api-server's guard did not
+    see: checked when the first task starts, before any work."""
+    from peftflow.airflow import triggerconf
+    from peftflow.spec import expand
+
+    problems = triggerconf.conf_problems(spec.dag_id, expand.trigger_params(spec), params)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _upstream(context: Any, stage: Stage) -> dict[Stage, dict[str, Any]]:
+    ti = context["ti"]
+    return {s: ti.xcom_pull(task_ids=s.value) for s in STAGES[: STAGES.index(stage)]}
+
+
+def _extra(context: Any, stage: Stage, spec: Spec, upstream: dict[Stage, Any]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if stage is Stage.RELEASE:
+        gate = context["ti"].xcom_pull(task_ids=GATE_TASK) or {}
+        extra["gate_decision"] = gate.get("decision_path")
+    if stage is Stage.EVALUATE:
+        extra["baseline_metrics"] = plan.release_baseline(spec, runinfo.from_context(context))
+    return extra
+
+
+def run_stage(op: Any, context: Any) -> dict[str, Any]:
+    stage = Stage(op.stage)
+    run = runinfo.from_context(context)
+    spec = _load(op.spec_file, run, f"the {stage.value} task")
+    try:
+        upstream = _upstream(context, stage)
+        the_plan = plan.build(stage, spec, run, upstream, _extra(context, stage, spec, upstream))
+        for ref in the_plan.inputs.values():
+            ref.verify()  # the hashes upstream recorded must still hold
+    except PeftflowError as exc:
+        _event(run, "task_failed", stage=stage.value, outcome="failed",
+               details={"error": str(exc), "phase": "inputs"})
+        raise AirflowFailException(f"{stage.value}: inputs rejected: {exc}") from None
+    key = the_plan.cache_key()
+    forced = bool(run.params.get("force_rerun"))
+    earlier = None if forced else cache.lookup(stage.value, key)
+    if earlier is not None:
+        op.log.info("REUSED %s: nothing was run; the successful result of run %s with the same "
+                    "cache key %s is used (%s). Trigger with force_rerun to run it again.",
+                    stage.value, earlier["_run_id"], key[:12], earlier["_status_path"])
+        _event(run, "task_reused", stage=stage.value, outcome="reused",
+               inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(earlier)),
+               details={"cache_key": key, "status_path": earlier["_status_path"],
+                        "reused_from": earlier["_run_id"]})
+        return plan.record(earlier, Path(earlier["_status_path"]), key, reused=True)
+    if forced:
+        op.log.info("force_rerun is set: not reusing earlier results")
+    return _execute(op, stage, run, the_plan, key)
+
+
+def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePlan,
+             key: str) -> dict[str, Any]:
+    the_plan.out_dir.mkdir(parents=True, exist_ok=True)
+    _event(run, "task_started", stage=stage.value, inputs=_refs(the_plan.inputs),
+           details={"cache_key": key})
+    op.log.info("running %s", the_plan.argv)
+    env = settings.child_env({"PEFTFLOW_DAG_ID": run.dag_id, "PEFTFLOW_RUN_ID": run.run_id,
+                              "PEFTFLOW_TRY_NUMBER": str(run.try_number)})
+    orphan = lease.reclaim(the_plan.out_dir, grace_s=TERM_GRACE_S)
+    if orphan is not None:  # an earlier try whose watcher died is still running here
+        op.log.warning("stopped process group %d of try %d, still running in %s",
+                       orphan.pid, orphan.try_number, the_plan.out_dir)
+        _event(run, "orphan_stopped", stage=stage.value, outcome="stopped",
+               details={"pid": orphan.pid, "try_number": orphan.try_number})
+    child = Child(the_plan.argv, env, settings.get().project_root)
+    op._child = child
+    lease.write(the_plan.out_dir, child.pid, run.try_number)
+    try:
+        finished = child.wait(on_line=lambda line: op.log.info("%s", line))
+    except BaseException:
+        child.stop()  # execution_timeout or kill: take the whole group down
+        _event(run, "task_failed", stage=stage.value, outcome="interrupted")
+        raise
+    finally:
+        op._child = None
+        lease.clear(the_plan.out_dir)
+    code = classify(finished.returncode)
+    if code is not ExitCode.OK:
+        tail = "\n".join(finished.tail[-8:])
+        message = (f"{stage.value} exited {finished.returncode} ({code.name}, "
+                   f"{'retryable' if code.retryable else 'permanent'}):\n{tail}")
+        _event(run, "task_failed", stage=stage.value, outcome="failed",
+               details={"exit_code": finished.returncode, "class": code.name})
+        raise (AirflowException if code.retryable else AirflowFailException)(message)
+    try:
+        doc = check_outputs(stage, the_plan.out_dir)
+    except PeftflowError as exc:
+        _event(run, "task_failed", stage=stage.value, outcome="failed",
+               details={"error": str(exc), "phase": "outputs"})
+        raise AirflowFailException(f"{stage.value} exited 0 but its artifacts are not "
+                                   f"valid: {exc}") from None
+    status_path = the_plan.out_dir / status.STATUS_FILE
+    cache.store(stage.value, key, status_path, run.run_id)
+    _event(run, "task_succeeded", stage=stage.value, outcome="success",
+           inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(doc)),
+           duration_s=doc.get("duration_s"), details={"cache_key": key})
+    if stage is Stage.RELEASE:  # the release itself, as `audit show` and the summary name it
+        m = doc.get("metrics", {})
+        _event(run, "release_noop" if m.get("noop") else "release_published",
+               stage=stage.value, outcome="noop" if m.get("noop") else "success",
+               verdict="released", details={k: m.get(k) for k in (
+                   "profile", "version", "release_dir", "released_by_run")})
+    return plan.record(doc, status_path, key, reused=False)
+
+
+def check_outputs(stage: Stage, out_dir: Path) -> dict[str, Any]:
+    """The after-check: a schema-valid success status whose every output verifies."""
+    doc = status.read(out_dir)
+    if doc["stage"] != stage.value:
+        raise IntegrityError(f"{out_dir}/status.json belongs to {doc['stage']!r}, "
+                             f"not {stage.value!r}")
+    if doc["status"] != "success":
+        raise IntegrityError(f"{out_dir}/status.json says {doc['status']!r}")
+    outputs = status.outputs_of(doc)
+    missing = [n for n in REQUIRED_OUTPUTS[stage] if n not in outputs]
+    if missing:
+        raise IntegrityError(f"{out_dir}/status.json lists no {', '.join(missing)} output")
+    for ref in outputs.values():
+        ref.verify()
+    return doc
+
+
+def run_gate(op: Any, context: Any) -> dict[str, Any]:
+    from peftflow.release import gate
+
+    run = runinfo.from_context(context)
+    spec = _load(op.spec_file, run, "the release gate")
+    upstream = _upstream(context, Stage.RELEASE)
+    try:
+        quality = plan.upstream_outputs(upstream.get(Stage.PREPARE), Stage.PREPARE)["quality"]
+        verdict = plan.upstream_outputs(upstream.get(Stage.EVALUATE), Stage.EVALUATE)["verdict"]
+        quality.verify()
+        verdict.verify()
+    except (PeftflowError, KeyError) as exc:
+        _event(run, "gate_blocked", outcome="blocked", details={"error": str(exc)})
+        raise AirflowFailException(
+            f"release blocked: the gate cannot read its inputs: {exc}") from exc
+    override = None
+    if run.params.get("override_gate"):
+        override = gate.Override(allowed_by_spec=spec.gate.allow_override, actor=run.actor,
+                                 reason=str(run.params.get("override_reason") or ""))
+    decision = gate.decide(Path(quality.path), Path(verdict.path),
+                           allow_warn=spec.gate.quality.allow_warn, override=override)
+    out = run.stage_dir(GATE_TASK) / "gate_decision.json"
+    gate.write_decision(decision, out)
+    baseline = _gate_baseline(op, upstream.get(Stage.EVALUATE))
+    for line in gate.log_lines(decision, baseline,
+                               compare_to_release=spec.gate.compare_to_release):
+        op.log.info("GATE %s", line)
+    prof = plan.profile_name(spec, run)
+    if not decision.release:
+        gate.record_block(decision, profile=prof, dag_id=run.dag_id, run_id=run.run_id)
+        _event(run, "gate_blocked", outcome="blocked", verdict="fail",
+               details={"reasons": decision.reasons})
+        raise AirflowFailException("release blocked by the gate:\n- " +
+                                   "\n- ".join(decision.reasons))
+    _event(run, "gate_override" if decision.overridden else "gate_passed", outcome="pass",
+           verdict="pass", details={"reasons": decision.reasons})
+    return {"decision_path": str(out), "release": True, "overridden": decision.overridden}
+
+
+def _gate_baseline(op: Any, eval_record: dict[str, Any] | None) -> str | None:
+    """"<profile> <version>" of the release the evaluation compared with, if it did."""
+    from peftflow.release import lineage
+
+    try:
+        found = lineage.baseline_release(status.read(Path((eval_record or {})["status_path"])))
+    except (PeftflowError, KeyError) as exc:
+        op.log.warning("GATE cannot tell which release the evaluation compared with: %s", exc)
+        return None
+    return None if found is None else f"{found['profile']} {found['version']}"
+
+
+def _task_states(context: Any, run: runinfo.RunInfo) -> dict[str, str | None]:
+    """Airflow's state of every task of this run (empty when the API cannot tell)."""
+    try:
+        found = context["ti"].get_task_states(dag_id=run.dag_id, run_ids=[run.run_id])
+        states = found.get(run.run_id, {}) if isinstance(found, dict) else {}
+        return {str(k): (None if v is None else str(v)) for k, v in states.items()}
+    except Exception as exc:  # the summary must never fail the run
+        log.warning("could not read the task states of this run (%s); summarising from the "
+                    "audit trail alone", exc)
+        return {}
+
+
+def run_summary(op: Any, context: Any) -> dict[str, Any]:
+    """The run_summary teardown: log what the run did, keep it as a file, set the run note.
+
+    Never fails: a summary that cannot be written or a note that cannot be set is a warning
+    in this log, and the run's state stays what its stages decided.
+    """
+    from peftflow.airflow import runsummary
+
+    run = runinfo.from_context(context)
+    ti = context["ti"]
+    records = {t: ti.xcom_pull(task_ids=t) for t in runsummary.STAGE_TASKS}
+    try:
+        events = list(audit.events(dag_id=run.dag_id, run_id=run.run_id))
+    except OSError as exc:
+        op.log.warning("could not read the audit trail (%s)", exc)
+        events = []
+    summary = runsummary.build(dag_id=run.dag_id, run_id=run.run_id, actor=run.actor,
+                               note=run.note, events=events, records=records,
+                               states=_task_states(context, run))
+    for line in summary.log_lines():
+        op.log.info("%s", line)
+    try:
+        from peftflow.store import atomic
+
+        atomic.write_json(run.run_dir() / "run_summary.json", summary.as_dict())
+    except OSError as exc:
+        op.log.warning("could not write run_summary.json (%s)", exc)
+    _set_note(op, run, summary.note_markdown())
+    return summary.as_dict()
+
+
+def _set_note(op: Any, run: runinfo.RunInfo, text: str) -> None:
+    from peftflow.airflow.client import Client
+
+    try:
+        Client.from_settings().set_note(run.dag_id, run.run_id, text)
+    except PeftflowError as exc:
+        op.log.warning("the run note was not set (%s); the summary above and run_summary.json "
+                       "hold the same text", exc)
+        return
+    op.log.info("run note set (visible on the run in the Airflow UI)")

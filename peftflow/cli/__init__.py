@@ -1,0 +1,1 @@
+"""The `peftflow` command line: one module per command group, named after the command."""

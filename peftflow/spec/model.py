@@ -1,0 +1,155 @@
+"""DAG specs (dag_specs/*.yaml) as typed, frozen objects, built only from validated data."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftflow.spec.orchestration import OrchestrationProfile
+
+
+class Stage(enum.StrEnum):
+    PREPARE = "prepare_dataset"
+    TRAIN = "train_adapter"
+    EVALUATE = "evaluate_adapter"
+    RELEASE = "release_adapter"
+
+
+STAGES: tuple[Stage, ...] = (Stage.PREPARE, Stage.TRAIN, Stage.EVALUATE, Stage.RELEASE)
+GPU_STAGES = frozenset({Stage.TRAIN, Stage.EVALUATE})
+GPU_POOL = "gpu"
+
+
+class SpecKind(enum.StrEnum):
+    PROFILE = "profile"
+    RETRAIN = "retrain_on_new_dataset"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 1
+    retry_delay_s: int = 30
+    exponential_backoff: bool = False
+    max_retry_delay_s: int = 3600
+
+
+@dataclass(frozen=True)
+class QualityRules:
+    max_invalid_records: int = 0
+    max_duplicate_fraction: float = 0.05
+    max_over_ctx_fraction: float = 0.5
+    allow_warn: bool = True
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_domain_improvement: float
+    max_retention_increase: float
+    quality: QualityRules
+    compare_to_release: bool
+    release_tolerance: float
+    allow_override: bool
+
+
+@dataclass(frozen=True)
+class Schedule:
+    enabled: bool = False
+    cron: str | None = None
+    timezone: str = "UTC"
+    catchup: bool = False
+
+
+@dataclass(frozen=True)
+class TriggerPolicy:
+    allowed_profiles: tuple[str, ...] = ()
+    allowed_manifests: tuple[str, ...] = ()
+    note_max_length: int = 500
+
+
+@dataclass(frozen=True)
+class Spec:
+    dag_id: str
+    kind: SpecKind
+    description: str
+    owner: str
+    tags: tuple[str, ...]
+    orchestration_profile: OrchestrationProfile
+    training_profile: str  # relative to the project root
+    dataset_manifest: str
+    dataset_name: str | None
+    eval_suites: tuple[str, ...]
+    gate: Gate
+    retries: dict[Stage, RetryPolicy]
+    timeouts: dict[Stage, int]
+    schedule: Schedule
+    max_active_runs: int
+    start_paused: bool  # resolved: the spec's value or the default of its kind
+    trigger: TriggerPolicy
+    path: Path  # the spec file
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def retry_policy(self, stage: Stage) -> RetryPolicy:
+        return self.retries[stage]
+
+
+def default_start_paused(kind: SpecKind, schedule: Schedule) -> bool:
+    """Paused only where unpausing would start work by itself: a cron DAG.
+
+    A retrain DAG must be unpaused to hear dataset events (Airflow drops an asset event for a
+    paused consumer), and a manual DAG only runs when someone triggers it, which should work
+    the first time.
+    """
+    return kind is SpecKind.PROFILE and schedule.enabled
+
+
+def _retries(data: dict[str, Any]) -> dict[Stage, RetryPolicy]:
+    base = RetryPolicy(**data.get("default", {}))
+    policies = {}
+    for stage in STAGES:
+        merged = {**base.__dict__, **data.get(stage.value, {})}
+        policies[stage] = RetryPolicy(**merged)
+    return policies
+
+
+def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
+    """Build a Spec from data that already passed schema validation."""
+    gate = data["gate"]
+    compare = gate.get("compare_to_release", {})
+    kind = SpecKind(data.get("kind", "profile"))
+    trigger = data.get("trigger", {})
+    schedule = Schedule(**data.get("schedule", {"enabled": False}))
+    return Spec(
+        dag_id=data["dag_id"],
+        kind=kind,
+        description=data["description"],
+        owner=data["owner"],
+        tags=tuple(data.get("tags", [])),
+        orchestration_profile=OrchestrationProfile(data["orchestration_profile"]),
+        training_profile=data["training_profile"],
+        dataset_manifest=data["dataset"]["manifest"],
+        dataset_name=data["dataset"].get("name"),
+        eval_suites=tuple(data["eval_suites"]),
+        gate=Gate(
+            min_domain_improvement=float(gate["domain"]["min_loss_improvement"]),
+            max_retention_increase=float(gate["retention"]["max_loss_increase"]),
+            quality=QualityRules(**gate.get("dataset_quality", {})),
+            compare_to_release=kind is SpecKind.RETRAIN or bool(compare.get("enabled", False)),
+            release_tolerance=float(compare.get("tolerance", 0.0)),
+            allow_override=bool(gate.get("allow_override", False)),
+        ),
+        retries=_retries(data.get("retries", {})),
+        timeouts={Stage(k): int(v) for k, v in data.get("timeouts", {}).items()},
+        schedule=schedule,
+        max_active_runs=int(data.get("max_active_runs", 1)),
+        start_paused=bool(data.get("start_paused", default_start_paused(kind, schedule))),
+        trigger=TriggerPolicy(
+            allowed_profiles=tuple(trigger.get("allowed_profiles", [])),
+            allowed_manifests=tuple(trigger.get("allowed_manifests", [])),
+            note_max_length=int(trigger.get("note_max_length", 500)),
+        ),
+        path=path,
+        sha256=sha256,
+    )
