@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from peftflow.errors import IntegrityError, SpecError
-from peftflow.store import audit
+from peftflow.store import audit, audit_verify
 
 
 def _fill(log: Path, count: int = 5) -> list[dict]:
@@ -36,7 +36,7 @@ def test_appended_events_chain_and_verify_clean(tmp_path: Path) -> None:
     assert [e["seq"] for e in written] == [1, 2, 3, 4, 5]
     assert written[0]["prev_hash"] == "0" * 64
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(written))
-    assert audit.verify(log) == []
+    assert audit_verify.verify(log) == []
     assert list(audit.events(log)) == written
 
 
@@ -56,7 +56,7 @@ def test_editing_one_digit_mid_line_names_that_line(tmp_path: Path) -> None:
     line3 = data.index(b'"step":2123')
     data[line3 + len(b'"step":2')] = ord("9")  # 2123 -> 2923, on line 3
     log.write_bytes(bytes(data))
-    problems = audit.verify(log)
+    problems = audit_verify.verify(log)
     assert problems, "an edited digit went unnoticed"
     assert {p.line for p in problems} == {3}
     assert "hash mismatch" in str(problems[0])
@@ -75,7 +75,7 @@ def test_editing_any_single_byte_is_detected_on_its_line(tmp_path: Path, line_in
         data = bytearray(original)
         data[start + offset] = ord("x") if data[start + offset] != ord("x") else ord("y")
         log.write_bytes(bytes(data))
-        problems = audit.verify(log)
+        problems = audit_verify.verify(log)
         assert problems and problems[0].line == line_index + 1, (offset, problems)
 
 
@@ -85,7 +85,7 @@ def test_exponent_case_change_is_caught_by_canonical_form(tmp_path: Path) -> Non
     raw = log.read_bytes()
     assert b"1e-05" in raw
     log.write_bytes(raw.replace(b"1e-05", b"1E-05"))
-    assert [p.line for p in audit.verify(log)] == [1]
+    assert [p.line for p in audit_verify.verify(log)] == [1]
 
 
 def test_deleted_line_is_detected_at_the_following_line(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_deleted_line_is_detected_at_the_following_line(tmp_path: Path) -> None:
     _fill(log)
     lines = _lines(log)
     log.write_bytes(b"\n".join(lines[:2] + lines[3:]) + b"\n")
-    problems = audit.verify(log)
+    problems = audit_verify.verify(log)
     assert {p.line for p in problems} == {3}
     assert any("prev_hash" in p.message for p in problems)
     assert any("seq 4 follows 2" in p.message for p in problems)
@@ -105,7 +105,7 @@ def test_swapped_lines_are_detected(tmp_path: Path) -> None:
     lines = _lines(log)
     lines[1], lines[2] = lines[2], lines[1]
     log.write_bytes(b"\n".join(lines) + b"\n")
-    assert {p.line for p in audit.verify(log)} >= {2, 3}
+    assert {p.line for p in audit_verify.verify(log)} >= {2, 3}
 
 
 def test_truncated_mid_line_is_detected(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_truncated_mid_line_is_detected(tmp_path: Path) -> None:
     _fill(log)
     data = log.read_bytes()
     log.write_bytes(data[:-40])
-    problems = audit.verify(log)
+    problems = audit_verify.verify(log)
     assert [p.line for p in problems][:1] == [5]
     assert any("incomplete last line" in p.message for p in problems)
 
@@ -123,7 +123,7 @@ def test_removed_last_events_are_detected_through_the_head(tmp_path: Path) -> No
     _fill(log)
     lines = _lines(log)
     log.write_bytes(b"\n".join(lines[:3]) + b"\n")
-    problems = audit.verify(log)
+    problems = audit_verify.verify(log)
     assert len(problems) == 1
     assert "ends before seq 5" in problems[0].message and problems[0].line == 4
 
@@ -134,11 +134,11 @@ def test_a_log_emptied_or_stripped_of_its_head_is_detected(tmp_path: Path) -> No
     head = Path(f"{log}.head")
     saved = head.read_bytes()
     head.unlink()
-    assert [p.message for p in audit.verify(log)] == [
+    assert [p.message for p in audit_verify.verify(log)] == [
         "head file missing: cannot tell whether events were cut off the end"]
     head.write_bytes(saved)
     log.write_bytes(b"")
-    assert "ends before seq 3" in audit.verify(log)[0].message
+    assert "ends before seq 3" in audit_verify.verify(log)[0].message
 
 
 def test_append_refuses_to_extend_a_torn_last_line(tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ def test_concurrent_processes_never_interleave_or_lose_events(tmp_path: Path) ->
     events = list(audit.events(log))
     assert len(events) == 200
     assert [e["seq"] for e in events] == list(range(1, 201))
-    assert audit.verify(log) == []
+    assert audit_verify.verify(log) == []
     per_worker = {f"w{w}": 0 for w in range(8)}
     for event in events:
         per_worker[event["run_id"]] += 1
@@ -198,7 +198,7 @@ def test_secrets_are_never_written(tmp_path: Path, details: dict, expected: dict
     event = next(audit.events(log))
     assert event["details"] == expected
     assert event["note"] == "run with password=*** please"
-    assert audit.verify(log) == []
+    assert audit_verify.verify(log) == []
 
 
 def test_unknown_event_kind_is_refused(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from peftflow.errors import ConfigError
-from peftflow.store import audit
+from peftflow.store import audit, audit_verify
 from peftflow.store import audit_key as auditkey
 
 
@@ -65,7 +65,7 @@ OVERRIDE = {"event": "gate_override", "dag_id": "smoke", "run_id": "manual__9",
 
 
 def _messages(log: Path) -> list[str]:
-    return [str(p) for p in audit.verify(log)]
+    return [str(p) for p in audit_verify.verify(log)]
 
 
 @pytest.mark.parametrize("mac", [None, "ab" * 32, "copied"], ids=["no-mac", "random", "copied"])
@@ -76,7 +76,7 @@ def test_an_appended_forged_gate_override_is_named_by_its_line(log: Path, mac: s
     with open(log, "ab") as handle:
         handle.write(audit.canonical(forged) + b"\n")
     _rewrite_head(log)
-    problems = audit.verify(log)
+    problems = audit_verify.verify(log)
     assert problems[0].line == 6 and problems[0].file == str(log), problems
     assert ("no mac" if mac is None else "mac does not verify") in problems[0].message
     assert any("head's MAC does not verify" in m for m in _messages(log))
@@ -147,7 +147,7 @@ def test_an_edited_middle_line_with_the_chain_recomputed_is_still_named(log: Pat
         events[i]["hash"] = audit.event_hash(events[i])
     log.write_bytes(b"".join(audit.canonical(e) + b"\n" for e in events))
     _rewrite_head(log)
-    problems = audit.verify(log)
+    problems = audit_verify.verify(log)
     assert str(problems[0]).startswith(f"{log}:3: mac does not verify"), problems
     assert [p.line for p in problems if "mac does not verify" in p.message] == [3, 4, 5]
 
@@ -160,13 +160,14 @@ def test_a_legitimate_log_verifies_across_a_key_rotation_and_a_restart(log: Path
     old, new = rotation["details"]["from_key"], rotation["details"]["to_key"]
     assert old != new and rotation["key_id"] == old  # signed by the key it retires
     assert {e["key_id"] for e in events[:4]} == {old} and {e["key_id"] for e in events[4:]} == {new}
-    assert audit.verify(log) == []
+    assert audit_verify.verify(log) == []
     keyfile = auditkey.key_path()
     for private in (keyfile, auditkey.ring_path(keyfile)):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     # A new process (settings read afresh) appends and verifies the same log.
-    code = ("from peftflow.store import audit; audit.append('run_finished', dag_id='smoke'); "
-            "assert audit.verify() == []")
+    code = ("from peftflow.store import audit, audit_verify; "
+            "audit.append('run_finished', dag_id='smoke'); "
+            "assert audit_verify.verify() == []")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
@@ -186,7 +187,7 @@ def test_an_event_signed_with_a_retired_key_after_its_rotation_is_named(log: Pat
     forged["hash"] = audit.event_hash(forged)
     with open(log, "ab") as handle:
         handle.write(audit.canonical(forged) + b"\n")
-    problems = audit.verify(log)
+    problems = audit_verify.verify(log)
     assert problems[0].line == 4 and "which the rotation on line 3 retired" in problems[0].message
 
 
@@ -228,16 +229,16 @@ def test_events_written_before_keyed_audit_are_noted_not_failed(log: Path) -> No
     log.parent.mkdir(parents=True)
     log.write_bytes(b"".join(audit.canonical(e) + b"\n" for e in legacy))
     _head(log).write_text(json.dumps({"seq": 3, "hash": prev["hash"]}))
-    report = audit.check(log)
+    report = audit_verify.check(log)
     assert report.problems == ()
     assert report.notes == (f"{log}: lines 1-3 are unkeyed (written before keyed audit); they "
                             "cannot prove they were not forged",)
     _fill(log, 2)  # the first keyed writer anchors the old lines too
-    assert audit.verify(log) == []
+    assert audit_verify.verify(log) == []
     forged = _forge(json.loads(_lines(log)[-1]), OVERRIDE, None)
     with open(log, "ab") as handle:
         handle.write(audit.canonical(forged) + b"\n")
-    assert audit.verify(log)[0].line == 6
+    assert audit_verify.verify(log)[0].line == 6
 
 
 def test_a_copy_of_a_log_verifies_with_a_note_but_the_configured_log_needs_its_anchor(
@@ -247,7 +248,7 @@ def test_a_copy_of_a_log_verifies_with_a_note_but_the_configured_log_needs_its_a
     copy.parent.mkdir()
     copy.write_bytes(log.read_bytes())
     Path(f"{copy}.head").write_bytes(_head(log).read_bytes())
-    report = audit.check(copy)
+    report = audit_verify.check(copy)
     assert report.problems == () and "no anchor" in report.notes[0]
     auditkey.anchor_path(auditkey.key_path(), log).unlink()
     assert "no anchor for the configured audit log" in _messages(log)[0]

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from peftflow import entry
 from peftflow.cli import main as cli
-from peftflow.stages import common
 from peftflow.store import audit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def peftflow(capsys: pytest.CaptureFixture[str], tmp_path: Path,
 
     def call(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = common.run(cli._main, list(args))
+        code = entry.run(cli._main, list(args))
         done = capsys.readouterr()
         return code, done.out, done.err
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from peftflow.run import stages
 from peftflow.spec import validate
-from peftflow.spec.model import GPU_STAGES, STAGES, Spec, SpecKind, Stage
+from peftflow.spec.model import Spec, SpecKind, Stage
 
 TASK_ORDER = ["prepare_dataset", "train_adapter", "evaluate_adapter", "release_gate",
               "release_adapter", "run_summary"]
@@ -47,9 +48,9 @@ def test_each_dag_has_the_stage_chain_pools_and_retries_of_its_spec(  # type: ig
         assert sorted(dag.task_dict) == sorted(TASK_ORDER)
         for upstream, downstream in itertools.pairwise(TASK_ORDER):
             assert dag.task_dict[downstream].upstream_task_ids == {upstream}
-        for stage in STAGES:
-            task = dag.task_dict[stage.value]
-            assert task.pool == ("gpu" if stage in GPU_STAGES else "default_pool"), stage
+        for stage in stages.names():
+            task = dag.task_dict[stage]
+            assert task.pool == ("gpu" if stage in stages.gpu_names() else "default_pool"), stage
             assert task.retries == spec.retry_policy(stage).retries
             assert task.retry_delay.total_seconds() == spec.retry_policy(stage).retry_delay_s
         assert dag.task_dict["release_gate"].retries == 0

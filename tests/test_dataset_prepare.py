@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peftflow import entry
 from peftflow.dataset import binidx, load_manifest, pipeline, register_dataset, tokenizer
-from peftflow.stages import common, prepare
+from peftflow.stages import prepare
 from peftflow.store import status_record as status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def _rule_outcomes(quality: dict[str, object]) -> dict[str, str]:
 
 
 def _run(manifest: Path, out: Path, *args: str) -> int:
-    return common.run(prepare.main, ["--manifest", str(manifest), "--out", str(out), *args])
+    return entry.run(prepare.main, ["--manifest", str(manifest), "--out", str(out), *args])
 
 
 def test_round_trip_jsonl_to_binidx_decodes_to_the_input_texts(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from peftflow import entry
 from peftflow.dataset import binidx, register_dataset, tokenizer
 from peftflow.dataset.dedup import DuplicateSpool
-from peftflow.stages import common, prepare
+from peftflow.stages import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def _prepare(tmp_path: Path, lines: list[bytes], *args: str) -> tuple[int, dict[
     data = _write(tmp_path / "train.jsonl", lines)
     manifest, _ = register_dataset(data, "unit", "v1")
     out = tmp_path / "out"
-    code = common.run(prepare.main, ["--manifest", str(manifest), "--out", str(out), *args])
+    code = entry.run(prepare.main, ["--manifest", str(manifest), "--out", str(out), *args])
     report = out / "quality.json"
     quality = json.loads(report.read_text()) if report.exists() else {}
     return code, quality, out

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
+from peftflow import entry
 from peftflow.evaluate import merge, suites
-from peftflow.stages import common
 from peftflow.stages import evaluate as stage
 from peftflow.store import schemas
 from peftflow.store import status_record as status
@@ -76,7 +76,7 @@ def small_retention_suite(tmp_path: Path, documents: int = 8) -> Path:
 
 
 def run_inprocess(*argv: str | Path) -> int:
-    return common.run(stage.main, [str(a) for a in argv])
+    return entry.run(stage.main, [str(a) for a in argv])
 
 
 def run_script(env: dict[str, str], *argv: str | Path) -> subprocess.CompletedProcess[str]:
@@ -200,13 +200,13 @@ def test_check_suite_command_reports_documents_and_hash_mismatches(
 ) -> None:
     from peftflow.cli import main as cli
 
-    assert common.run(cli._main, ["eval", "check-suite", str(DOMAIN), str(RETENTION)]) == 0
+    assert entry.run(cli._main, ["eval", "check-suite", str(DOMAIN), str(RETENTION)]) == 0
     docs = suites.tokenize(suites.load(DOMAIN), suites.encoder())
     assert f"ok pydoc-domain (domain): {len(docs.windows)} documents, {docs.tokens} tokens" in \
         capsys.readouterr().out
     bad = small_retention_suite(tmp_path)
     bad.write_text(bad.read_text().replace("4aa8d02c", "00000000"))
-    assert common.run(cli._main, ["eval", "check-suite", str(bad)]) == 5
+    assert entry.run(cli._main, ["eval", "check-suite", str(bad)]) == 5
     assert "data sha256 is now 4aa8d02c" in capsys.readouterr().out
 
 

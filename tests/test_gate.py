@@ -10,7 +10,7 @@ import pytest
 
 from peftflow.errors import IntegrityError, MissingInputError
 from peftflow.release import gate
-from peftflow.store import audit
+from peftflow.store import audit, audit_verify
 
 EVAL_RULES = {
     "pass": [
@@ -220,7 +220,7 @@ def test_gate_audit_events_chain_into_the_log(tmp_path: Path, verdict: str,
     assert event["event"] == kind
     assert event["details"]["reasons"] == list(decision.reasons)
     assert [i["name"] for i in event["inputs"]] == ["quality", "verdict"]
-    assert audit.verify(tmp_path / "audit.jsonl") == []
+    assert audit_verify.verify(tmp_path / "audit.jsonl") == []
 
 
 def test_log_lines_of_a_passing_retrain_name_every_rule_and_the_release_compared_with(

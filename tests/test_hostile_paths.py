@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from peftflow import entry
 from peftflow.cli import main as cli
 from peftflow.dataset import load_manifest, register_dataset
 from peftflow.dataset.reader import classify, visible
 from peftflow.errors import ConfigError, SpecError
 from peftflow.evaluate import suites
 from peftflow.spec import training_profile as profile
-from peftflow.stages import common, prepare
+from peftflow.stages import prepare
 from peftflow.store import status_record as status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def _outside(file: Path, key: str, value: str, resolved: str = ".*") -> str:
 
 
 def _prepare(*argv: str | Path) -> int:
-    return common.run(prepare.main, [str(a) for a in argv])
+    return entry.run(prepare.main, [str(a) for a in argv])
 
 
 # --- paths in profiles, suites and manifests stay inside the allowed roots -------------------

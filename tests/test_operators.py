@@ -140,7 +140,7 @@ def test_reuse_is_refused_when_the_earlier_output_was_changed(
 
 def test_audit_trail_records_start_success_and_reuse(
         fake_scripts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftflow.store import audit
+    from peftflow.store import audit, audit_verify
 
     monkeypatch.setenv("FAKE_MODE", "ok")
     _operator().execute(_context("manual__a", {"note": "first run"}))
@@ -148,7 +148,7 @@ def test_audit_trail_records_start_success_and_reuse(
     events = list(audit.events(fake_scripts / "audit.jsonl"))
     assert [e["event"] for e in events] == ["task_started", "task_succeeded", "task_reused"]
     assert events[0]["actor"] == "tester" and events[0]["note"] == "first run"
-    assert audit.verify(fake_scripts / "audit.jsonl") == []
+    assert audit_verify.verify(fake_scripts / "audit.jsonl") == []
 
 
 def test_operator_refuses_to_start_when_mlops_lite_is_active(
@@ -219,7 +219,7 @@ def test_a_retry_stops_the_stage_an_earlier_try_left_running(
     import subprocess
 
     from peftflow.run import lease
-    from peftflow.store import audit
+    from peftflow.store import audit, audit_verify
 
     monkeypatch.setenv("FAKE_MODE", "exit1")
     with pytest.raises(AirflowException):
@@ -240,7 +240,7 @@ def test_a_retry_stops_the_stage_an_earlier_try_left_running(
     events = list(audit.events(fake_scripts / "audit.jsonl"))
     stopped = [e for e in events if e["event"] == "orphan_stopped"]
     assert len(stopped) == 1 and stopped[0]["details"] == {"pid": orphan.pid, "try_number": 1}
-    assert audit.verify(fake_scripts / "audit.jsonl") == []
+    assert audit_verify.verify(fake_scripts / "audit.jsonl") == []
 
 
 def test_an_unknown_conf_key_fails_the_first_task_before_running(

@@ -90,13 +90,13 @@ def test_a_released_run_summarises_every_stage_as_ran_and_names_the_release(
 
 
 def test_success_path_leaves_a_verifiable_audit_trail(ok_run: Any) -> None:
-    from peftflow.store import audit
+    from peftflow.store import audit, audit_verify
 
     events = [e for e in audit.events(run_id=ok_run.run_id)]
     kinds = [e["event"] for e in events]
     assert kinds.count("task_succeeded") == 4 and "gate_passed" in kinds
     assert all(e["actor"] for e in events)
-    assert audit.verify() == []
+    assert audit_verify.verify() == []
 
 
 def test_adapter_improved_the_domain_loss(ok_run: Any) -> None:
@@ -154,3 +154,57 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(ok_run: Any, dag_folder:
     assert all(ok_run.run_id in details[t] for t in STAGE_TASKS)  # where they came from
     assert summary["outcome"] == "already released"
     assert "1 stage(s) ran, 3 reused" in summary["headline"]  # the no-op release
+
+
+REPORT_STAGE = '''
+import argparse, json
+from pathlib import Path
+from peftflow.store.status_record import StageRecorder
+
+args = argparse.ArgumentParser()
+for flag in ("--profile", "--out", "--bin"):
+    args.add_argument(flag, required=True)
+a = args.parse_args()
+out = Path(a.out)
+out.mkdir(parents=True, exist_ok=True)
+rec = StageRecorder("token_report", out)
+rec.add_input("bin", a.bin)
+tokens = Path(a.bin).stat().st_size // 2  # uint16 token ids
+(out / "token_report.json").write_text(json.dumps({"tokens": tokens}))
+rec.add_output("report", out / "token_report.json")
+rec.metrics["tokens"] = tokens
+rec.write("success")
+'''
+
+
+def test_a_stage_registered_through_the_table_alone_runs_in_the_dag(
+        ok_run: Any, dag_folder: Path, tmp_path: Path) -> None:
+    """One StageDef (plus its script) and nothing else: the DAG grows the task in the table's
+    place, the plan hands it the upstream record, its status.json is checked like any other."""
+    import sys
+
+    from peftflow.run import stages
+    from peftflow.run.inputs import upstream_outputs
+
+    (tmp_path / "token_report.py").write_text(REPORT_STAGE)
+    script = tmp_path / "token_report.sh"
+    script.write_text(f'#!/usr/bin/env bash\nset -euo pipefail\n'
+                      f'exec {sys.executable} {tmp_path / "token_report.py"} "$@"\n')
+
+    def args(ctx: stages.StageContext) -> stages.StageArgs:
+        data = upstream_outputs(ctx.upstream.get("prepare_dataset"), "prepare_dataset")
+        return stages.StageArgs(argv=["--bin", data["bin"].path], inputs={"bin": data["bin"]})
+
+    stages.register(stages.StageDef("token_report", str(script), ("report",), args),
+                    after="prepare_dataset")
+    try:
+        run = _run(dag_folder, "pipe_ok", {"note": "registered stage"})
+    finally:
+        stages.unregister("token_report")
+    states = _states(run)
+    assert states["token_report"] == "success", states
+    assert states["release_adapter"] == "success", states  # the rest of the chain ran on
+    [record] = [ti.xcom_pull(task_ids="token_report") for ti in run.get_task_instances()
+                if ti.task_id == "token_report"]
+    assert record["metrics"]["tokens"] > 0 and "report" in record["outputs"]
+    assert _outcomes(_summary(run))["token_report"] == "ran"

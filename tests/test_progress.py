@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peftflow.stages.common import Progress, Rate, duration
+from peftflow.progress import Progress, Rate, duration
 
 ETA = re.compile(r"ETA (\?|\d+s|\d+m\d\ds|\d+h\d\dm)$")
 

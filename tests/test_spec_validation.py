@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from peftflow.errors import SpecError
+from peftflow.run import stages
 from peftflow.spec import validate
-from peftflow.spec.model import GPU_STAGES, SpecKind, Stage
+from peftflow.spec.model import SpecKind, Stage
 
 FIXTURES = Path(__file__).parent / "fixtures" / "specs"
 EXPECTED = json.loads((FIXTURES / "invalid" / "expected.json").read_text())
@@ -77,7 +78,7 @@ def test_spec_is_typed_with_defaults_applied() -> None:
     assert full.retry_policy(Stage.RELEASE).retries == 0
     assert full.retry_policy(Stage.RELEASE).retry_delay_s == 60
     assert full.gate.compare_to_release and full.gate.release_tolerance == 0.01
-    assert {Stage.TRAIN, Stage.EVALUATE} == GPU_STAGES
+    assert {Stage.TRAIN, Stage.EVALUATE} == stages.gpu_names()
 
 
 def test_retrain_spec_always_compares_with_the_current_release() -> None:

@@ -23,9 +23,11 @@ from typing import Any
 import pendulum
 
 from peftflow.errors import PeftflowError, Problem, SpecError
+from peftflow.run import stages
 from peftflow.spec import cache as speccache
 from peftflow.spec import expand, orchestration, validate
-from peftflow.spec.model import GPU_POOL, GPU_STAGES
+from peftflow.spec.model import GPU_POOL
+from peftflow.store import paths
 
 log = logging.getLogger("peftflow.airflow.loader")
 
@@ -93,7 +95,7 @@ def load(spec_dir: Path, globals_dict: MutableMapping[str, Any]) -> list[str]:
     problems = result.problems
     built: list[str] = []
     for spec in result.specs:
-        shown = validate.display_path(spec.path)
+        shown = paths.display_path(spec.path)
         try:
             _build(expand.dag_config(spec), globals_dict)
         except Exception as exc:  # a bug in expansion must not hide the other DAGs
@@ -154,8 +156,8 @@ def _invalid_spec_dag(file: str, problems: list[Problem], taken: set[str]) -> An
 def _gpu_tasks_outside_pool(dag: Any) -> list[str]:
     if dag is None:
         return []
-    return sorted(s.value for s in GPU_STAGES
-                  if getattr(dag.task_dict.get(s.value), "pool", None) != GPU_POOL)
+    return sorted(name for name in stages.gpu_names()
+                  if getattr(dag.task_dict.get(name), "pool", None) != GPU_POOL)
 
 
 def _as_problems(exc: PeftflowError, file: str) -> list[Problem]:

@@ -13,11 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from peftflow.spec.expand import GATE_TASK
-from peftflow.spec.model import STAGES
+from peftflow.spec.expand import GATE_TASK, task_order
 
 # the DAG's tasks in order, the gate before the release (as expand.dag_config builds them)
-STAGE_TASKS = (*(s.value for s in STAGES[:-1]), GATE_TASK, STAGES[-1].value)
+
 NOTE_MAX = 1000  # Airflow's limit for a DagRun note (PATCH .../dagRuns/{id})
 
 
@@ -139,7 +138,7 @@ def build(*, dag_id: str, run_id: str, actor: str, note: str,
     """The summary of one run from its audit events, XCom records and task states."""
     last = _last_events(events)
     stages = tuple(_stage_line(t, last.get(t), records.get(t), states.get(t))
-                   for t in STAGE_TASKS)
+                   for t in task_order())
     gate_event = last.get(GATE_TASK) or {}
     reasons = tuple(str(r) for r in (gate_event.get("details") or {}).get("reasons", [])
                     if gate_event.get("event") == "gate_blocked")

@@ -11,22 +11,16 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from peftflow import settings
 from peftflow.errors import ConfigError, IntegrityError, PeftflowError
 from peftflow.exitcodes import ExitCode, classify
-from peftflow.run import lease, plan, runinfo
+from peftflow.run import lease, plan, runinfo, stages
 from peftflow.run import reuse as cache
 from peftflow.run.child import TERM_GRACE_S, Child
-from peftflow.spec import orchestration, validate
-from peftflow.spec.model import STAGES, Spec, Stage
+from peftflow.spec import expand, orchestration, validate
+from peftflow.spec.model import Spec, Stage
 from peftflow.store import audit
 from peftflow.store import status_record as status
 
 GATE_TASK = "release_gate"
 log = logging.getLogger(__name__)
-REQUIRED_OUTPUTS = {
-    Stage.PREPARE: ("bin", "idx", "quality"),
-    Stage.TRAIN: ("adapter", "loss_data"),
-    Stage.EVALUATE: ("metrics", "verdict"),
-    Stage.RELEASE: ("release_manifest",),
-}
 
 
 def _event(run: runinfo.RunInfo, event: str, **fields: Any) -> None:
@@ -55,49 +49,49 @@ def check_params(spec: Spec, params: dict[str, Any]) -> None:
     """The trigger-conf rules (peftflow.airflow.triggerconf) for runs the api-server's guard did not
     see: checked when the first task starts, before any work."""
     from peftflow.airflow import triggerconf
-    from peftflow.spec import expand
 
     problems = triggerconf.conf_problems(spec.dag_id, expand.trigger_params(spec), params)
     if problems:
         raise ConfigError("; ".join(problems))
 
 
-def _upstream(context: Any, stage: Stage) -> dict[Stage, dict[str, Any]]:
+def _upstream(context: Any, stage: str) -> dict[str, dict[str, Any]]:
     ti = context["ti"]
-    return {s: ti.xcom_pull(task_ids=s.value) for s in STAGES[: STAGES.index(stage)]}
+    return {s.name: ti.xcom_pull(task_ids=s.name) for s in stages.before(stage)}
 
 
-def _extra(context: Any, stage: Stage, spec: Spec, upstream: dict[Stage, Any]) -> dict[str, Any]:
+def _extra(context: Any, stage: str, spec: Spec, upstream: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
-    if stage is Stage.RELEASE:
+    definition = stages.get(stage)
+    if definition.after_gate:
         gate = context["ti"].xcom_pull(task_ids=GATE_TASK) or {}
         extra["gate_decision"] = gate.get("decision_path")
-    if stage is Stage.EVALUATE:
+    if definition.reads_baseline:
         extra["baseline_metrics"] = plan.release_baseline(spec, runinfo.from_context(context))
     return extra
 
 
 def run_stage(op: Any, context: Any) -> dict[str, Any]:
-    stage = Stage(op.stage)
+    stage = stages.get(op.stage).name
     run = runinfo.from_context(context)
-    spec = _load(op.spec_file, run, f"the {stage.value} task")
+    spec = _load(op.spec_file, run, f"the {stage} task")
     try:
         upstream = _upstream(context, stage)
         the_plan = plan.build(stage, spec, run, upstream, _extra(context, stage, spec, upstream))
         for ref in the_plan.inputs.values():
             ref.verify()  # the hashes upstream recorded must still hold
     except PeftflowError as exc:
-        _event(run, "task_failed", stage=stage.value, outcome="failed",
+        _event(run, "task_failed", stage=stage, outcome="failed",
                details={"error": str(exc), "phase": "inputs"})
-        raise AirflowFailException(f"{stage.value}: inputs rejected: {exc}") from None
+        raise AirflowFailException(f"{stage}: inputs rejected: {exc}") from None
     key = the_plan.cache_key()
     forced = bool(run.params.get("force_rerun"))
-    earlier = None if forced else cache.lookup(stage.value, key)
+    earlier = None if forced else cache.lookup(stage, key)
     if earlier is not None:
         op.log.info("REUSED %s: nothing was run; the successful result of run %s with the same "
                     "cache key %s is used (%s). Trigger with force_rerun to run it again.",
-                    stage.value, earlier["_run_id"], key[:12], earlier["_status_path"])
-        _event(run, "task_reused", stage=stage.value, outcome="reused",
+                    stage, earlier["_run_id"], key[:12], earlier["_status_path"])
+        _event(run, "task_reused", stage=stage, outcome="reused",
                inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(earlier)),
                details={"cache_key": key, "status_path": earlier["_status_path"],
                         "reused_from": earlier["_run_id"]})
@@ -107,10 +101,10 @@ def run_stage(op: Any, context: Any) -> dict[str, Any]:
     return _execute(op, stage, run, the_plan, key)
 
 
-def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePlan,
+def _execute(op: Any, stage: str, run: runinfo.RunInfo, the_plan: plan.StagePlan,
              key: str) -> dict[str, Any]:
     the_plan.out_dir.mkdir(parents=True, exist_ok=True)
-    _event(run, "task_started", stage=stage.value, inputs=_refs(the_plan.inputs),
+    _event(run, "task_started", stage=stage, inputs=_refs(the_plan.inputs),
            details={"cache_key": key})
     op.log.info("running %s", the_plan.argv)
     env = settings.child_env({"PEFTFLOW_DAG_ID": run.dag_id, "PEFTFLOW_RUN_ID": run.run_id,
@@ -119,7 +113,7 @@ def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePl
     if orphan is not None:  # an earlier try whose watcher died is still running here
         op.log.warning("stopped process group %d of try %d, still running in %s",
                        orphan.pid, orphan.try_number, the_plan.out_dir)
-        _event(run, "orphan_stopped", stage=stage.value, outcome="stopped",
+        _event(run, "orphan_stopped", stage=stage, outcome="stopped",
                details={"pid": orphan.pid, "try_number": orphan.try_number})
     child = Child(the_plan.argv, env, settings.get().project_root)
     op._child = child
@@ -128,7 +122,7 @@ def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePl
         finished = child.wait(on_line=lambda line: op.log.info("%s", line))
     except BaseException:
         child.stop()  # execution_timeout or kill: take the whole group down
-        _event(run, "task_failed", stage=stage.value, outcome="interrupted")
+        _event(run, "task_failed", stage=stage, outcome="interrupted")
         raise
     finally:
         op._child = None
@@ -136,42 +130,42 @@ def _execute(op: Any, stage: Stage, run: runinfo.RunInfo, the_plan: plan.StagePl
     code = classify(finished.returncode)
     if code is not ExitCode.OK:
         tail = "\n".join(finished.tail[-8:])
-        message = (f"{stage.value} exited {finished.returncode} ({code.name}, "
+        message = (f"{stage} exited {finished.returncode} ({code.name}, "
                    f"{'retryable' if code.retryable else 'permanent'}):\n{tail}")
-        _event(run, "task_failed", stage=stage.value, outcome="failed",
+        _event(run, "task_failed", stage=stage, outcome="failed",
                details={"exit_code": finished.returncode, "class": code.name})
         raise (AirflowException if code.retryable else AirflowFailException)(message)
     try:
         doc = check_outputs(stage, the_plan.out_dir)
     except PeftflowError as exc:
-        _event(run, "task_failed", stage=stage.value, outcome="failed",
+        _event(run, "task_failed", stage=stage, outcome="failed",
                details={"error": str(exc), "phase": "outputs"})
-        raise AirflowFailException(f"{stage.value} exited 0 but its artifacts are not "
+        raise AirflowFailException(f"{stage} exited 0 but its artifacts are not "
                                    f"valid: {exc}") from None
     status_path = the_plan.out_dir / status.STATUS_FILE
-    cache.store(stage.value, key, status_path, run.run_id)
-    _event(run, "task_succeeded", stage=stage.value, outcome="success",
+    cache.store(stage, key, status_path, run.run_id)
+    _event(run, "task_succeeded", stage=stage, outcome="success",
            inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(doc)),
            duration_s=doc.get("duration_s"), details={"cache_key": key})
-    if stage is Stage.RELEASE:  # the release itself, as `audit show` and the summary name it
+    if stage == Stage.RELEASE:  # the release itself, as `audit show` and the summary name it
         m = doc.get("metrics", {})
         _event(run, "release_noop" if m.get("noop") else "release_published",
-               stage=stage.value, outcome="noop" if m.get("noop") else "success",
+               stage=stage, outcome="noop" if m.get("noop") else "success",
                verdict="released", details={k: m.get(k) for k in (
                    "profile", "version", "release_dir", "released_by_run")})
     return plan.record(doc, status_path, key, reused=False)
 
 
-def check_outputs(stage: Stage, out_dir: Path) -> dict[str, Any]:
+def check_outputs(stage: str, out_dir: Path) -> dict[str, Any]:
     """The after-check: a schema-valid success status whose every output verifies."""
     doc = status.read(out_dir)
-    if doc["stage"] != stage.value:
+    if doc["stage"] != stage:
         raise IntegrityError(f"{out_dir}/status.json belongs to {doc['stage']!r}, "
-                             f"not {stage.value!r}")
+                             f"not {stage!r}")
     if doc["status"] != "success":
         raise IntegrityError(f"{out_dir}/status.json says {doc['status']!r}")
     outputs = status.outputs_of(doc)
-    missing = [n for n in REQUIRED_OUTPUTS[stage] if n not in outputs]
+    missing = [n for n in stages.get(stage).outputs if n not in outputs]
     if missing:
         raise IntegrityError(f"{out_dir}/status.json lists no {', '.join(missing)} output")
     for ref in outputs.values():
@@ -252,7 +246,7 @@ def run_summary(op: Any, context: Any) -> dict[str, Any]:
 
     run = runinfo.from_context(context)
     ti = context["ti"]
-    records = {t: ti.xcom_pull(task_ids=t) for t in runsummary.STAGE_TASKS}
+    records = {t: ti.xcom_pull(task_ids=t) for t in expand.task_order()}
     try:
         events = list(audit.events(dag_id=run.dag_id, run_id=run.run_id))
     except OSError as exc:

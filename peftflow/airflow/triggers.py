@@ -20,13 +20,13 @@ from typing import Any
 from peftflow import settings
 from peftflow.airflow.client import Client
 from peftflow.errors import PeftflowError
-from peftflow.spec import expand, validate
-from peftflow.store import audit
+from peftflow.spec import expand
+from peftflow.store import audit, paths
 from peftflow.store.hashing import sha256_file
 
 
 def event_extra(manifest_path: Path, name: str, version: str) -> dict[str, Any]:
-    return {"manifest": validate.display_path(manifest_path), "name": name, "version": version,
+    return {"manifest": paths.display_path(manifest_path), "name": name, "version": version,
             "manifest_sha256": sha256_file(manifest_path)}
 
 
@@ -41,7 +41,7 @@ class Delivery:
 
 
 def _retry_hint(manifest_path: Path) -> str:
-    return f"peftflow dataset announce {validate.display_path(manifest_path)}"
+    return f"peftflow dataset announce {paths.display_path(manifest_path)}"
 
 
 def _listeners(client: Client, uri: str) -> tuple[int | None, dict[str, bool]]:

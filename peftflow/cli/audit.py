@@ -9,7 +9,7 @@ from typing import Any
 
 from peftflow import settings
 from peftflow.cli import main as cli
-from peftflow.store import audit
+from peftflow.store import audit, audit_verify
 from peftflow.store import audit_key as auditkey
 
 
@@ -91,7 +91,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     path = audit.log_path(args.log)
-    report = audit.check(path)
+    report = audit_verify.check(path)
     if not path.exists() and not report.problems:
         print(f"error: {path}: audit log not found", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from peftflow.errors import PeftflowError
 from peftflow.spec import orchestration, validate
 from peftflow.spec import training_profile as profile
 from peftflow.spec.model import GPU_POOL
+from peftflow.store import paths
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ RWKV_PEFT_MODULES = ("torch", "lightning", "deepspeed", "einops")
 
 
 def _shown(path: Path) -> str:
-    return validate.display_path(path)
+    return paths.display_path(path)
 
 
 def base_model_check(prof: profile.Profile, miss: str) -> Check:
@@ -310,7 +311,7 @@ def run(airflow_only: bool, profiles: list[str]) -> list[Check]:
     checks.append(tokenizer_check())
     strict = bool(profiles)
     paths = [Path(p) for p in profiles] or sorted({
-        validate.resolve_ref(sp.training_profile)
+        paths.resolve_ref(sp.training_profile)
         for sp in validate.validate_paths([s.project_root / "dag_specs"]).specs})
     for path in paths:
         try:

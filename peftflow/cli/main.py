@@ -16,8 +16,7 @@ import importlib
 import sys
 from collections.abc import Iterable, Sequence
 
-from peftflow import __version__
-from peftflow.stages import common
+from peftflow import __version__, entry
 
 # Modules that contribute subcommands, each with register(subparsers) -> None.
 AREAS = (
@@ -73,7 +72,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(common.run(_main, argv))
+    sys.exit(entry.run(_main, argv))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ from typing import Any
 from peftflow import settings
 from peftflow.airflow import triggers
 from peftflow.errors import ConfigError, PeftflowError
-from peftflow.run import plan
+from peftflow.run import plan, stages
 from peftflow.run import reuse as cache
 from peftflow.run.runinfo import RunInfo
 from peftflow.spec import expand, validate
-from peftflow.spec.model import STAGES, Spec, SpecKind, Stage
+from peftflow.spec.expand import GATE_TASK
+from peftflow.spec.model import Spec, SpecKind
+from peftflow.store import paths
 
 PARAMS = ("training_profile", "dataset_manifest", "force_rerun")
 RUN_ID = "dry-run"  # only names the folders in the shown argv; a real run uses its own id
@@ -59,11 +61,11 @@ def dataset_event(spec: Spec, manifest: str) -> dict[str, Any]:
     from peftflow.dataset.manifest import load_manifest
 
     if spec.kind is not SpecKind.RETRAIN:
-        raise ConfigError(f"--dataset-event {manifest}: {validate.display_path(spec.path)} is "
+        raise ConfigError(f"--dataset-event {manifest}: {paths.display_path(spec.path)} is "
                           f"a {spec.kind.value} spec, which no dataset event starts; plan "
                           "another dataset with --param dataset_manifest=... (one of its "
                           "trigger.allowed_manifests)")
-    loaded = load_manifest(validate.resolve_ref(manifest))
+    loaded = load_manifest(paths.resolve_ref(manifest))
     if loaded.name != spec.dataset_name:
         raise ConfigError(f"--dataset-event {manifest}: registers dataset {loaded.name!r}, but "
                           f"{spec.dag_id} is scheduled on "
@@ -97,47 +99,49 @@ def steps(spec: Spec, params: dict[str, Any],
                   actor="asset" if asset_extra else settings.current_user(),
                   run_type="asset_triggered" if asset_extra else "manual", params=params,
                   asset_extra=dict(asset_extra or {}))
-    upstream: dict[Stage, dict[str, Any]] = {}
+    upstream: dict[str, dict[str, Any]] = {}
     found: list[Step] = []
     waiting_for: str | None = None  # the first stage that runs: later keys are unknown
     blocked_by: str | None = None  # the stage whose inputs were rejected: nothing after runs
-    for stage in STAGES:
-        if stage is Stage.RELEASE:
-            found.append(Step("release_gate", UPSTREAM_BLOCKED if blocked_by else "gate",
+    for task_id in expand.task_order():
+        if task_id == GATE_TASK:
+            found.append(Step(GATE_TASK, UPSTREAM_BLOCKED if blocked_by else "gate",
                               f"{blocked_by} is blocked" if blocked_by else
                               _gate_detail(spec, run)))
+            continue
+        stage = stages.get(task_id)
         if blocked_by is not None:
-            found.append(Step(stage.value, UPSTREAM_BLOCKED, f"{blocked_by} is blocked"))
+            found.append(Step(stage.name, UPSTREAM_BLOCKED, f"{blocked_by} is blocked"))
             continue
         if waiting_for is not None:
-            found.append(Step(stage.value, "run", f"after {waiting_for}: its inputs are "
+            found.append(Step(stage.name, "run", f"after {waiting_for}: its inputs are "
                               "outputs that do not exist yet"))
             continue
-        if stage is Stage.RELEASE:  # keyed on the run itself: never reused across runs
-            found.append(Step(stage.value, "run", "when the gate passes: a new release, or "
+        if stage.per_run:  # keyed on the run itself: never reused across runs
+            found.append(Step(stage.name, "run", "when the gate passes: a new release, or "
                               "none if this adapter is already released"))
             continue
         try:
             extra = {"baseline_metrics": plan.release_baseline(spec, run)}
-            the_plan = plan.build(stage, spec, run, upstream, extra)
+            the_plan = plan.build(stage.name, spec, run, upstream, extra)
             for ref in the_plan.inputs.values():
                 ref.verify()
         except PeftflowError as exc:
-            found.append(Step(stage.value, "blocked", f"inputs rejected: {exc}"
+            found.append(Step(stage.name, "blocked", f"inputs rejected: {exc}"
                               + _event_hint(spec, params)))
-            blocked_by = stage.value
+            blocked_by = stage.name
             continue
         key = the_plan.cache_key()
-        earlier = None if params.get("force_rerun") else cache.lookup(stage.value, key)
+        earlier = None if params.get("force_rerun") else cache.lookup(stage.name, key)
         if earlier is None:
             why = "force_rerun" if params.get("force_rerun") else "no earlier success with this key"
-            found.append(Step(stage.value, "run", why, key, the_plan.argv))
-            waiting_for = stage.value
+            found.append(Step(stage.name, "run", why, key, the_plan.argv))
+            waiting_for = stage.name
             continue
         status_path = Path(earlier["_status_path"])
-        found.append(Step(stage.value, "reuse", f"{status_path.parent} "
+        found.append(Step(stage.name, "reuse", f"{status_path.parent} "
                           f"({earlier.get('finished_at', '?')})", key, the_plan.argv))
-        upstream[stage] = plan.record(earlier, status_path, key, reused=True)
+        upstream[stage.name] = plan.record(earlier, status_path, key, reused=True)
     return found
 
 
@@ -165,10 +169,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(s) for s in found], indent=2))
     else:
         if extra:
-            print(f"{spec.dag_id} ({validate.display_path(spec.path)}), started by the "
+            print(f"{spec.dag_id} ({paths.display_path(spec.path)}), started by the "
                   f"dataset event of {extra['name']}@{extra['version']} ({extra['manifest']}):")
         else:
-            print(f"{spec.dag_id} ({validate.display_path(spec.path)}), triggered now:")
+            print(f"{spec.dag_id} ({paths.display_path(spec.path)}), triggered now:")
         if spec.kind is SpecKind.RETRAIN and not extra:
             print("  (a run started by a dataset event trains on that event's manifest; "
                   "this plan uses the spec's: plan an event with --dataset-event MANIFEST)")

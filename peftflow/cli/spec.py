@@ -11,6 +11,7 @@ from peftflow import settings
 from peftflow.cli import main as cli
 from peftflow.errors import PeftflowError, Problem, SpecError
 from peftflow.spec import expand, validate
+from peftflow.store import paths as store_paths
 
 
 def _default_paths(paths: list[str]) -> list[Path]:
@@ -32,9 +33,9 @@ def _orchestration_problems() -> list[Problem]:
     except SpecError as exc:
         return exc.problems
     except PeftflowError as exc:
-        return [Problem(validate.display_path(path), 1, 1, "$", str(exc))]
+        return [Problem(store_paths.display_path(path), 1, 1, "$", str(exc))]
     except ValueError as exc:  # an unknown profile name that the schema let through
-        return [Problem(validate.display_path(path), 1, 1, "$.active_profile", str(exc))]
+        return [Problem(store_paths.display_path(path), 1, 1, "$.active_profile", str(exc))]
     return []
 
 
@@ -61,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     elif result.specs:
         print(valid)
     else:
-        print(f"no specs in {', '.join(validate.display_path(p) for p in paths)}")
+        print(f"no specs in {', '.join(store_paths.display_path(p) for p in paths)}")
     return 1 if failed else 0
 
 
@@ -82,11 +83,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             schedule = f"cron '{spec.schedule.cron}' {spec.schedule.timezone}"
         else:
             schedule = "manual"
-        rows.append({"spec": validate.display_path(spec.path), "dag_id": spec.dag_id,
+        rows.append({"spec": store_paths.display_path(spec.path), "dag_id": spec.dag_id,
                      "kind": spec.kind.value, "profile": spec.training_profile,
                      "schedule": schedule, "valid": True})
     for path, error in result.errors.items():
-        rows.append({"spec": validate.display_path(path), "dag_id": "-", "kind": "-",
+        rows.append({"spec": store_paths.display_path(path), "dag_id": "-", "kind": "-",
                      "profile": "-", "schedule": "-", "valid": False,
                      "problems": len(error.problems)})
     if args.json:

@@ -22,9 +22,9 @@ from peftflow.errors import (
     Problem,
     SpecError,
 )
-from peftflow.spec.training_profile import path_problem
 from peftflow.store import atomic, schemas, yamlmarks
 from peftflow.store.hashing import sha256_file
+from peftflow.store.paths import path_problem
 from peftflow.store.status_record import utc_now
 
 SCHEMA = "dataset_manifest"

@@ -36,7 +36,7 @@ from peftflow.dataset.reader import (
     scan_span,
 )
 from peftflow.errors import IntegrityError, ResourceError
-from peftflow.stages.common import Progress, Rate
+from peftflow.progress import Progress, Rate
 from peftflow.store import atomic
 
 

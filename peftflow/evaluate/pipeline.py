@@ -13,9 +13,9 @@ from peftflow import settings
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.evaluate import chart, merge, scoring, suites, verdict
 from peftflow.evaluate.suites import Documents
+from peftflow.progress import Progress, Rate
 from peftflow.spec import training_profile as profile_mod
 from peftflow.spec.training_profile import PeftMethod
-from peftflow.stages.common import Progress, Rate
 from peftflow.store import atomic, schemas
 from peftflow.store import status_record as status
 from peftflow.store.hashing import sha256_file

@@ -17,9 +17,9 @@ from peftflow.errors import (
     Problem,
     SpecError,
 )
-from peftflow.spec.training_profile import path_problem
 from peftflow.store import schemas, yamlmarks
 from peftflow.store.hashing import sha256_file
+from peftflow.store.paths import path_problem
 
 EOD = 0  # RWKV World id 0: end of document; every document is scored after it (fresh context)
 

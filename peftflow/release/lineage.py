@@ -18,7 +18,7 @@ from peftflow.store.status_record import FileRef, utc_now
 
 if TYPE_CHECKING:
     from peftflow.release.gate import GateDecision
-    from peftflow.release.publish import ReleaseRequest
+    from peftflow.release.request import ReleaseRequest
 
 
 def cached_sha256(path: Path) -> str:

@@ -17,29 +17,15 @@ from typing import Any
 
 from peftflow.errors import ConfigError, GateBlocked, IntegrityError, MissingInputError
 from peftflow.release import gate, lineage, registry, report
-from peftflow.spec.training_profile import Profile
+from peftflow.release.request import ReleaseRequest
 from peftflow.store import audit
 from peftflow.store import status_record as status
 from peftflow.store.hashing import sha256_file
 from peftflow.store.status_record import FileRef
 
+__all__ = ["ReleaseRequest", "ReleaseResult", "audit_event", "publish"]
+
 LOCK_TIMEOUT_S = 1800.0  # a merged model of several GB may take minutes to copy
-
-
-@dataclass(frozen=True)
-class ReleaseRequest:
-    profile: Profile
-    spec_path: Path
-    prepare_status: Path  # folder (or status.json) of prepare_dataset
-    train_status: Path
-    eval_status: Path
-    gate_path: Path  # gate_decision.json
-    dag_id: str
-    run_id: str
-    try_number: int
-    version: str | None = None
-    merged: Path | None = None
-    root: Path | None = None  # releases root; None: settings.get().releases_root
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from peftflow import settings
+from peftflow import entry, settings
 from peftflow.airflow import services
 from peftflow.airflow.client import Client
 from peftflow.release import registry
-from peftflow.stages import common
-from peftflow.store import audit
+from peftflow.store import audit_verify
 
 DAG_ID = "rwkv7_smoke_cpu"
 PROFILE = "smoke-cpu"
@@ -59,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     note = str(client.run(DAG_ID, run_id).get("note") or "")
     if note:  # what the run_summary task wrote; the UI shows it on the run
         print("run note:\n  " + note.replace("**", "").replace("\n", "\n  "))
-    problems = audit.verify()
+    problems = audit_verify.verify()
     print(f"audit trail {settings.get().audit_log}: "
           f"{'OK, chain intact' if not problems else f'{len(problems)} problem(s)'}")
     for problem in problems:
@@ -80,4 +79,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.exit_with(main)
+    entry.exit_with(main)

@@ -11,14 +11,14 @@ from peftflow.spec.orchestration import OrchestrationProfile
 
 
 class Stage(enum.StrEnum):
+    """The names of the built-in stages; what each one is lives in peftflow.run.stages."""
+
     PREPARE = "prepare_dataset"
     TRAIN = "train_adapter"
     EVALUATE = "evaluate_adapter"
     RELEASE = "release_adapter"
 
 
-STAGES: tuple[Stage, ...] = (Stage.PREPARE, Stage.TRAIN, Stage.EVALUATE, Stage.RELEASE)
-GPU_STAGES = frozenset({Stage.TRAIN, Stage.EVALUATE})
 GPU_POOL = "gpu"
 
 
@@ -81,8 +81,8 @@ class Spec:
     dataset_name: str | None
     eval_suites: tuple[str, ...]
     gate: Gate
-    retries: dict[Stage, RetryPolicy]
-    timeouts: dict[Stage, int]
+    retries: dict[str, RetryPolicy]  # per built-in stage, and "default" for any other
+    timeouts: dict[str, int]
     schedule: Schedule
     max_active_runs: int
     start_paused: bool  # resolved: the spec's value or the default of its kind
@@ -91,8 +91,8 @@ class Spec:
     sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def retry_policy(self, stage: Stage) -> RetryPolicy:
-        return self.retries[stage]
+    def retry_policy(self, stage: str) -> RetryPolicy:
+        return self.retries.get(stage) or self.retries[DEFAULT_POLICY]
 
 
 def default_start_paused(kind: SpecKind, schedule: Schedule) -> bool:
@@ -105,12 +105,15 @@ def default_start_paused(kind: SpecKind, schedule: Schedule) -> bool:
     return kind is SpecKind.PROFILE and schedule.enabled
 
 
-def _retries(data: dict[str, Any]) -> dict[Stage, RetryPolicy]:
-    base = RetryPolicy(**data.get("default", {}))
-    policies = {}
-    for stage in STAGES:
+DEFAULT_POLICY = "default"
+
+
+def _retries(data: dict[str, Any]) -> dict[str, RetryPolicy]:
+    base = RetryPolicy(**data.get(DEFAULT_POLICY, {}))
+    policies: dict[str, RetryPolicy] = {DEFAULT_POLICY: base}
+    for stage in Stage:  # the built-in stages the schema knows; any other gets the default
         merged = {**base.__dict__, **data.get(stage.value, {})}
-        policies[stage] = RetryPolicy(**merged)
+        policies[stage.value] = RetryPolicy(**merged)
     return policies
 
 
@@ -141,7 +144,7 @@ def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
             allow_override=bool(gate.get("allow_override", False)),
         ),
         retries=_retries(data.get("retries", {})),
-        timeouts={Stage(k): int(v) for k, v in data.get("timeouts", {}).items()},
+        timeouts={str(Stage(k)): int(v) for k, v in data.get("timeouts", {}).items()},
         schedule=schedule,
         max_active_runs=int(data.get("max_active_runs", 1)),
         start_paused=bool(data.get("start_paused", default_start_paused(kind, schedule))),

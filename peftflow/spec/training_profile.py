@@ -11,6 +11,7 @@ from peftflow import settings
 from peftflow.errors import Problem, SpecError
 from peftflow.store import schemas, yamlmarks
 from peftflow.store.hashing import sha256_file
+from peftflow.store.paths import path_problem, resolve_as_written
 
 
 class Backend(enum.StrEnum):
@@ -131,40 +132,6 @@ def _project_path(value: str) -> Path:
 def _models_path(value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else settings.get().models_root / path
-
-
-def resolve_as_written(path: Path) -> Path:
-    """`path` with the symlinks of its folders resolved, but not a symlink at its end.
-
-    For an interpreter: a venv's bin/python is a symlink to /usr/bin/python3.x, and what the
-    profile names (and what we trust) is the venv, so the link itself must lie inside the
-    allowed roots, not its target. The folders are still resolved, so `vendor/link/../x`
-    is judged where the kernel would open it.
-    """
-    path = path if path.is_absolute() else Path.cwd() / path
-    if path.name in ("", ".."):
-        return path.resolve()
-    return path.parent.resolve() / path.name
-
-
-def path_problem(value: str, resolved: Path, source: Path, what: str) -> str | None:
-    """Why `value` (written in the file `source`, resolved to `resolved`) may not be used, or
-    None: it must lie inside the allowed roots or inside the folder that holds `source`.
-
-    The second case keeps a profile, suite or manifest usable next to its own files outside
-    the project (a scratch folder); the deployment only reads such files from inside the
-    allowed roots (see validate.py), so it never widens what a spec can reach.
-    """
-    from peftflow.spec import validate  # here: validate imports this module
-
-    beside = source.resolve().parent
-    if validate.inside_allowed_roots(resolved) or (
-            beside != Path(beside.anchor) and resolved.is_relative_to(beside)):
-        return None
-    roots = ", ".join(str(r) for r in settings.get().allowed_roots)
-    return (f"{value!r} resolves to {resolved}, outside the allowed roots ({roots}) and "
-            f"outside {beside}, the folder of this file; move {what} under the project or "
-            "models root, or add its folder to PEFTFLOW_ALLOWED_ROOTS")
 
 
 @dataclass(frozen=True)

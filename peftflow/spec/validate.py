@@ -9,7 +9,6 @@ specs validate on any machine.
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,12 @@ from peftflow.spec import training_profile as profile
 from peftflow.spec.cache import SpecCache
 from peftflow.store import schemas, yamlmarks
 from peftflow.store.hashing import sha256_bytes
+from peftflow.store.paths import (  # the path rules every reader shares
+    _is_control,
+    display_path,
+    inside_allowed_roots,
+    resolve_ref,
+)
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 FREE_TEXT = frozenset({"$.description"})  # may span lines
@@ -35,37 +40,6 @@ MAX_CATCHUP_RUNS = 100  # one GPU: a larger backlog would queue for days
 # Building one DAG costs about 25 ms here (200 specs: 5-6 s), and Airflow drops every DAG of
 # the file past its 30 s import timeout: 300 specs stay well inside it on a 2-core box.
 MAX_SPEC_FILES = 300
-
-
-def _is_control(char: str) -> bool:
-    return unicodedata.category(char) == "Cc"
-
-
-def display_path(path: Path) -> str:
-    """Project-relative path for messages when the file is inside the project; control
-    characters escaped, so a file named with a newline or an escape code cannot forge a log
-    line or a terminal's output."""
-    root = settings.get().project_root
-    try:
-        shown = str(path.resolve().relative_to(root))
-    except ValueError:
-        shown = str(path)
-    if any(_is_control(c) for c in shown):
-        shown = "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c
-                        for c in shown)
-    return shown
-
-
-def resolve_ref(value: str) -> Path:
-    """A path from a spec: relative to the project root; symlinks resolved."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = settings.get().project_root / path
-    return path.resolve()
-
-
-def inside_allowed_roots(path: Path) -> bool:
-    return any(path.is_relative_to(root) for root in settings.get().allowed_roots)
 
 
 @dataclass

@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from peftflow import entry
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.evaluate import pipeline, verdict
 from peftflow.exitcodes import ExitCode
-from peftflow.stages import common
 from peftflow.store import atomic
 from peftflow.store import status_record as status
 
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PeftflowError as exc:
         _fail(rec, out, new_merged, str(exc), int(exc.exit_code))
         raise
-    except (KeyboardInterrupt, common.Interrupted) as exc:
+    except (KeyboardInterrupt, entry.Interrupted) as exc:
         _fail(rec, out, new_merged, f"interrupted ({exc or 'SIGINT'})", int(ExitCode.INTERRUPTED))
         raise
     except MemoryError:
@@ -142,4 +142,4 @@ def _fail(rec: status.StageRecorder, out: Path, new_merged: Path | None, message
 
 
 if __name__ == "__main__":
-    common.exit_with(main)
+    entry.exit_with(main)

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from peftflow import entry
 from peftflow.dataset import pipeline, tokenizer
 from peftflow.dataset.manifest import Manifest, load_manifest
 from peftflow.dataset.quality import Outcome, ProfileLimits, Report, Thresholds, evaluate
 from peftflow.errors import ConfigError, DataError, PeftflowError
-from peftflow.stages import common
 from peftflow.store import atomic, schemas
 from peftflow.store.status_record import FileRef, StageRecorder, utc_now
 
@@ -170,7 +170,7 @@ def _withdraw_earlier_success(out_dir: Path, inputs: dict[str, Path],
     path = _earlier_success(out_dir, inputs)
     if path is None:
         return
-    interrupted = isinstance(exc, (KeyboardInterrupt, common.Interrupted))
+    interrupted = isinstance(exc, (KeyboardInterrupt, entry.Interrupted))
     code = 130 if interrupted else int(getattr(exc, "exit_code", 1))
     rec = StageRecorder(STAGE, out_dir)
     message = (f"{type(exc).__name__}: {exc} (this run stopped before replacing the earlier "
@@ -258,7 +258,7 @@ def _prepare(args: argparse.Namespace, out_dir: Path, inputs: dict[str, Path]) -
                     args.max_over_ctx_fraction, args.max_offenders, args.allow_warn)
     manifest = load_manifest(args.manifest)
     limits, prof = _limits(args.profile)
-    data_path, entry = manifest.data_paths()[0], manifest.files[0]
+    data_path, data_file = manifest.data_paths()[0], manifest.files[0]
     data = {f"data file {i}" if i else "data file": p
             for i, p in enumerate(manifest.data_paths())}
     inputs.update(data)
@@ -269,7 +269,8 @@ def _prepare(args: argparse.Namespace, out_dir: Path, inputs: dict[str, Path]) -
 
     rec = StageRecorder(STAGE, out_dir)
     rec.add_input("manifest", manifest.path)
-    rec.inputs.append(FileRef("data", str(data_path), entry.sha256, entry.bytes))  # verified
+    # verified against the manifest
+    rec.inputs.append(FileRef("data", str(data_path), data_file.sha256, data_file.bytes))
     if prof is not None:
         rec.add_input("profile", prof.path)
     rec.tools.update(tokenizer.versions(), numpy=importlib.metadata.version("numpy"),
@@ -279,7 +280,8 @@ def _prepare(args: argparse.Namespace, out_dir: Path, inputs: dict[str, Path]) -
     try:
         opts = pipeline.Options(manifest.text_field, limits.ctx_len if limits else None,
                                 args.workers, th.max_offenders)
-        result = pipeline.run(data_path, entry.sha256, staged.handles[0], staged.handles[1], opts)
+        result = pipeline.run(data_path, data_file.sha256, staged.handles[0],
+                              staged.handles[1], opts)
         report = evaluate(result.measurements, th, limits)
         allowed = report.verdict == Outcome.PASS or (report.verdict == Outcome.WARN
                                                     and th.allow_warn)
@@ -296,7 +298,7 @@ def _prepare(args: argparse.Namespace, out_dir: Path, inputs: dict[str, Path]) -
         atomic.write_json(out_dir / QUALITY_FILE, doc)
     except DataError:
         raise
-    except (PeftflowError, KeyboardInterrupt, common.Interrupted) as exc:
+    except (PeftflowError, KeyboardInterrupt, entry.Interrupted) as exc:
         staged.discard()
         code = getattr(exc, "exit_code", 130)
         rec.write("failed", f"{type(exc).__name__}: {exc}", int(code))
@@ -321,4 +323,4 @@ def _failure_summary(manifest: Manifest, report: Report) -> str:
 
 
 if __name__ == "__main__":
-    common.exit_with(main)
+    entry.exit_with(main)

@@ -11,10 +11,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from peftflow import entry
 from peftflow.errors import ConfigError, GateBlocked, PeftflowError
 from peftflow.release import publish
 from peftflow.spec import training_profile as profiles
-from peftflow.stages import common
 from peftflow.store.status_record import StageRecorder
 
 STAGE = "release_adapter"
@@ -75,4 +75,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.exit_with(main)
+    entry.exit_with(main)

@@ -34,10 +34,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from peftflow import entry
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError, PeftflowError
 from peftflow.spec import training_profile as profile
 from peftflow.spec.training_profile import Backend, Profile
-from peftflow.stages import common
 from peftflow.store import atomic
 from peftflow.store import status_record as status
 from peftflow.train import checkpoints, data, rwkv_peft
@@ -166,10 +166,10 @@ def check_run_record(out: Path, prof: Profile, refs: list[status.FileRef]) -> No
 
 
 def exit_code_of(exc: BaseException) -> int:
-    """The code common.run will exit with for `exc` (recorded in the failed status)."""
+    """The code entry.run will exit with for `exc` (recorded in the failed status)."""
     if isinstance(exc, PeftflowError):
         return int(exc.exit_code)
-    if isinstance(exc, (KeyboardInterrupt, common.Interrupted)):
+    if isinstance(exc, (KeyboardInterrupt, entry.Interrupted)):
         return 130
     if isinstance(exc, MemoryError):
         return 75
@@ -181,4 +181,4 @@ def exit_code_of(exc: BaseException) -> int:
 
 
 if __name__ == "__main__":
-    common.exit_with(main)
+    entry.exit_with(main)

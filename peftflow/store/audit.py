@@ -298,18 +298,6 @@ class AuditReport:
     events: int
 
 
-def verify(path: str | Path | None = None) -> list[AuditProblem]:
-    """Every break in the log's chain, MACs, head or anchor, each naming its line; [] if intact."""
-    return list(check(path).problems)
-
-
-def check(path: str | Path | None = None) -> AuditReport:
-    """verify() with the notes on what the log cannot prove (unkeyed lines, no anchor)."""
-    from peftflow.store import audit_verify  # here: audit_verify builds on this module
-
-    return audit_verify.check(log_path(path))
-
-
 def events(path: str | Path | None = None, dag_id: str | None = None,
            run_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Readable events in file order, optionally of one DAG and/or run (verify() for damage)."""

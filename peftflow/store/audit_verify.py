@@ -25,6 +25,7 @@ from peftflow.store.audit import (
     EventKind,
     event_hash,
     locked,
+    log_path,
     mac_body,
     split_lines,
 )
@@ -56,7 +57,7 @@ def _snapshot(target: Path, anchor: Path) -> tuple[bytes, bytes | None, bytes | 
         return read()  # a read-only copy of a log, or a stuck writer: check what is there
 
 
-def check(target: Path) -> AuditReport:
+def _check(target: Path) -> AuditReport:
     """Problems and notes of the log at `target`."""
     keyfile = auditkey.key_path()
     keys = auditkey.keyring(keyfile)
@@ -241,3 +242,13 @@ def _check_anchor(target: Path, anchor_file: Path, raw: bytes | None, chain: _Ch
             # a forged line past the anchor has already been named by its MAC.
             notes.append(f"{name}: the anchor lags at seq {mark.seq} (a writer died before "
                          "updating it); the lines after it are proven by their MACs")
+
+
+def verify(path: str | Path | None = None) -> list[AuditProblem]:
+    """Every break in the log's chain, MACs, head or anchor, each naming its line; [] if intact."""
+    return list(check(path).problems)
+
+
+def check(path: str | Path | None = None) -> AuditReport:
+    """verify() with the notes on what the log cannot prove (unkeyed lines, no anchor)."""
+    return _check(log_path(path))

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from peftflow.errors import ConfigError, PeftflowError
+from peftflow.progress import Rate
 from peftflow.spec.training_profile import PeftMethod, Profile
-from peftflow.stages.common import Rate
 from peftflow.train import checkpoints, data, plots, resume, rwkv_peft
 
 STAGE = "train_adapter"

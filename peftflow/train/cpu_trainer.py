@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from peftflow.errors import ConfigError
+from peftflow.progress import Progress, Rate
 from peftflow.spec.training_profile import Profile
-from peftflow.stages.common import Progress, Rate
 from peftflow.store import atomic
 from peftflow.train import checkpoints
 from peftflow.train.data import BinIdx, check_enough

@@ -23,7 +23,7 @@ def _events(live: Live, run_id: str, kind: str) -> list[str]:
 
 def test_smoke_dag_triggered_by_the_cli_succeeds_and_releases(
         deployment: Live, measure: Callable[..., None]) -> None:
-    from peftflow.store import audit, schemas
+    from peftflow.store import audit_verify, schemas
 
     t0 = time.monotonic()
     run_id = deployment.trigger_cli(SMOKE, {"note": "live test via CLI"})
@@ -39,7 +39,7 @@ def test_smoke_dag_triggered_by_the_cli_succeeds_and_releases(
     path = manifest.pop("_path")
     schemas.check(manifest, "release_manifest", path)
     assert sorted(_events(deployment, run_id, "task_succeeded")) == sorted(STAGES)
-    assert audit.verify(deployment.audit_log) == []
+    assert audit_verify.verify(deployment.audit_log) == []
     tis = deployment.task_instances(SMOKE, run_id)
     assert {t: ti["try_number"] for t, ti in tis.items()} == dict.fromkeys(tis, 1)
     durations = {t: round(float(ti["duration"] or 0), 1) for t, ti in tis.items()}
