@@ -26,7 +26,6 @@ class Settings:
     allowed_roots: tuple[Path, ...]  # spec/profile paths must stay inside one of these
     orchestration_config: Path
     schemas_dir: Path
-    python: str  # interpreter the stage scripts use
     airflow_home: Path
     db_url: str | None  # PEFTFLOW_DB_URL; None = the SQLite file in airflow_home
     api_host: str  # the api-server listens here; loopback unless told otherwise
@@ -34,7 +33,6 @@ class Settings:
     parallelism: int  # LocalExecutor worker processes
     scripts_dir: Path  # the stage entry points scripts/<stage>.sh
     tokenizer: str  # PEFTFLOW_TOKENIZER: auto | native | rust (see dataset/tokenizer.py)
-
 
 
 def _path(name: str, default: Path) -> Path:
@@ -61,7 +59,6 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
         if p.strip()
     )
     models_root = _path("PEFTFLOW_MODELS_ROOT", root / "models")
-    venv_python = root / ".venv" / "bin" / "python"
     airflow_home = _path("AIRFLOW_HOME", _path("PEFTFLOW_AIRFLOW_HOME", root / "airflow_home"))
     return Settings(
         project_root=root,
@@ -75,9 +72,6 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
             "PEFTFLOW_ORCHESTRATION_CONFIG", root / "configs" / "orchestration.yaml"
         ),
         schemas_dir=root / "schemas",
-        python=os.environ.get(
-            "PEFTFLOW_PYTHON", str(venv_python) if venv_python.exists() else "python3"
-        ),
         airflow_home=airflow_home,
         db_url=os.environ.get("PEFTFLOW_DB_URL") or None,
         scripts_dir=_path("PEFTFLOW_SCRIPTS_DIR", root / "scripts"),
@@ -89,14 +83,8 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
     )
 
 
-def env_flag(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def env_str(name: str, default: str | None = None) -> str | None:
+    """One environment variable, for modules that must not read os.environ themselves."""
     return os.environ.get(name, default)
 
 

@@ -10,12 +10,18 @@ reported as skipped (outcome pass, `skipped: true`) and document_count only asks
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from peftflow.dataset.dedup import Duplicates
-from peftflow.dataset.reader import RECORD_RULES, Hits
+from peftflow.outcome import Outcome
+
+if TYPE_CHECKING:
+    from peftflow.dataset.dedup import Duplicates
+    from peftflow.dataset.reader import Hits
+
+# The one default: the spec's gate.dataset_quality and prepare_dataset's option read it, and
+# schemas/dag_spec.schema.json repeats it for editors (a test keeps the two equal).
+DEFAULT_MAX_DUPLICATE_FRACTION = 0.05
 
 _RULE_TEXT = {
     "json_object": "lines that are not one JSON object",
@@ -25,19 +31,13 @@ _RULE_TEXT = {
 }
 
 
-class Outcome(enum.StrEnum):
-    PASS = "pass"  # noqa: S105 - a verdict, not a password
-    WARN = "warn"
-    FAIL = "fail"
-
-
 _RANK = {Outcome.PASS: 0, Outcome.WARN: 1, Outcome.FAIL: 2}
 
 
 @dataclass(frozen=True)
 class Thresholds:
     max_invalid_records: int = 0
-    max_duplicate_fraction: float = 0.05
+    max_duplicate_fraction: float = DEFAULT_MAX_DUPLICATE_FRACTION
     max_over_ctx_fraction: float = 0.5
     max_offenders: int = 10
     allow_warn: bool = True
@@ -188,6 +188,10 @@ def _count(m: Measurements, limits: ProfileLimits | None) -> RuleResult:
 
 def evaluate(m: Measurements, th: Thresholds, limits: ProfileLimits | None) -> Report:
     """Apply every rule; the verdict is the worst outcome."""
+    # Here, not at the top: the spec model imports this module for its default, and the
+    # reader would bring numpy and msgspec into every DAG parse.
+    from peftflow.dataset.reader import RECORD_RULES, Hits
+
     total = m.invalid_records
     rules = [_record_rule(rule, m.invalid.get(rule, Hits()), total, th) for rule in RECORD_RULES]
     rules += [_duplicates(m, th), _lengths(m, th, limits), _count(m, limits)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,14 +9,10 @@ from typing import Any
 
 from peftflow.errors import ConfigError
 from peftflow.evaluate.suites import SuiteKind
+from peftflow.outcome import Outcome
 
 DEFAULT_MIN_DOMAIN_IMPROVEMENT = 0.0
 DEFAULT_MAX_RETENTION_INCREASE = 0.05
-
-
-class Outcome(enum.StrEnum):
-    PASS = "pass"  # noqa: S105 - a verdict, not a password
-    FAIL = "fail"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peftflow.errors import IntegrityError, MissingInputError, SpecError
+from peftflow.outcome import Outcome
 from peftflow.store import atomic, schemas
 from peftflow.store.hashing import sha256_bytes, sha256_file
 from peftflow.store.status_record import utc_now
@@ -31,7 +32,7 @@ class Override:
 @dataclass(frozen=True)
 class Check:
     check: str  # eval_verdict, dataset_quality, eval_rule:<rule>:<suite>, quality_rule:<r>, ...
-    outcome: str  # pass, warn, fail, missing, invalid, refused, unused
+    outcome: str  # an Outcome (pass, warn, fail), or missing, invalid, refused, unused
     detail: str
 
 
@@ -135,7 +136,7 @@ def _load(name: str, path: Path, found: _Findings) -> dict[str, Any] | None:
 
 
 def _eval_checks(doc: dict[str, Any], path: Path, found: _Findings) -> None:
-    failed = [r for r in doc["rules"] if r["outcome"] == "fail"]
+    failed = [r for r in doc["rules"] if r["outcome"] == Outcome.FAIL]
     for rule in doc["rules"]:
         suite = f"suite {rule['suite']!r}" if rule.get("suite") else "all suites"
         detail = (f"evaluation rule {rule['rule']!r} on {suite}: "
@@ -144,14 +145,15 @@ def _eval_checks(doc: dict[str, Any], path: Path, found: _Findings) -> None:
         if rule.get("message"):
             detail += f" ({rule['message']})"
         name = f"eval_rule:{rule['rule']}:{rule.get('suite') or '*'}"
-        found.add(name, rule["outcome"], detail, blocks=rule["outcome"] == "fail")
-    if doc["verdict"] == "pass" and failed:
+        found.add(name, rule["outcome"], detail, blocks=rule["outcome"] == Outcome.FAIL)
+    if doc["verdict"] == Outcome.PASS and failed:
         found.add("eval_verdict", "invalid", f"evaluation verdict {path} says pass but "
                   f"{len(failed)} rule(s) failed; the file is inconsistent", blocks=True)
         found.evidence_ok = False
-    elif doc["verdict"] == "fail" and not failed:
+    elif doc["verdict"] == Outcome.FAIL and not failed:
         extra = "; ".join(str(r) for r in doc.get("reasons", [])) or "no rule named"
-        found.add("eval_verdict", "fail", f"evaluation verdict is fail: {extra}", blocks=True)
+        found.add("eval_verdict", Outcome.FAIL, f"evaluation verdict is fail: {extra}",
+                  blocks=True)
     else:
         found.add("eval_verdict", doc["verdict"], f"evaluation verdict is {doc['verdict']}",
                   blocks=False)
@@ -159,26 +161,26 @@ def _eval_checks(doc: dict[str, Any], path: Path, found: _Findings) -> None:
 
 def _quality_checks(doc: dict[str, Any], path: Path, allow_warn: bool, found: _Findings) -> None:
     verdict, outcomes = doc["verdict"], {r["outcome"] for r in doc["rules"]}
-    if (verdict == "pass" and outcomes & {"warn", "fail"}) or \
-            (verdict == "warn" and "fail" in outcomes):
+    if (verdict == Outcome.PASS and outcomes & {Outcome.WARN, Outcome.FAIL}) or \
+            (verdict == Outcome.WARN and Outcome.FAIL in outcomes):
         found.add("dataset_quality", "invalid", f"dataset quality status {path} says "
                   f"{verdict} but its rules say otherwise; the file is inconsistent", blocks=True)
         found.evidence_ok = False
         return
     blocking = 0
     for rule in doc["rules"]:
-        if rule["outcome"] not in ("warn", "fail"):
+        if rule["outcome"] not in (Outcome.WARN, Outcome.FAIL):
             continue
-        blocks = rule["outcome"] == "fail" or not allow_warn
+        blocks = rule["outcome"] == Outcome.FAIL or not allow_warn
         blocking += blocks
         detail = (f"dataset quality rule {rule['rule']!r} {rule['outcome']}: measured "
                   f"{_num(rule.get('value'))}, threshold {_num(rule.get('threshold'))}")
         if rule.get("message"):
             detail += f" ({rule['message']})"
-        if rule["outcome"] == "warn" and not allow_warn:
+        if rule["outcome"] == Outcome.WARN and not allow_warn:
             detail += "; warnings block because the spec sets allow_warn: false"
         found.add(f"quality_rule:{rule['rule']}", rule["outcome"], detail, blocks=blocks)
-    ok = verdict == "pass" or (verdict == "warn" and allow_warn)
+    ok = verdict == Outcome.PASS or (verdict == Outcome.WARN and allow_warn)
     detail = f"dataset quality verdict is {verdict}"
     if not ok and not blocking:
         detail += ": " + ("; ".join(str(r) for r in doc.get("reasons", [])) or "no rule named")
@@ -222,7 +224,7 @@ def decide(quality_path: str | Path, verdict_path: str | Path, *, allow_warn: bo
             found.add("override", "refused", f"{who} refused: an override needs both an "
                       "actor and a reason", blocks=True)
         else:
-            found.add("override", "pass", f"released by override of {override.actor}: "
+            found.add("override", Outcome.PASS, f"released by override of {override.actor}: "
                       f"{override.reason}", blocks=False)
             release = overridden = True
     return GateDecision(
@@ -244,7 +246,7 @@ def _rule_line(kind: str, rule: dict[str, Any], allow_warn: bool) -> str:
                                      else _num(rule["threshold"])) if x)
     measured = "none" if rule.get("value") is None else _num(rule["value"])
     outcome = str(rule.get("outcome"))
-    if outcome == "warn":
+    if outcome == Outcome.WARN:
         outcome += " (allowed: allow_warn)" if allow_warn else " (blocks: allow_warn is false)"
     if rule.get("skipped"):
         outcome += " (skipped)"
@@ -328,7 +330,7 @@ def audit_event(decision: GateDecision, *, dag_id: str, run_id: str, task_id: st
         "decision_id": decision.decision_id, "reasons": list(decision.reasons),
         "eval_verdict": decision.eval_verdict, "quality_verdict": decision.quality_verdict,
         "allow_warn": decision.allow_warn,
-        "failed_checks": [asdict(c) for c in decision.checks if c.outcome not in ("pass",)],
+        "failed_checks": [asdict(c) for c in decision.checks if c.outcome != Outcome.PASS],
     }
     if decision.override is not None:
         details["override"] = asdict(decision.override)

@@ -20,7 +20,6 @@ from pathlib import Path
 from peftflow import entry
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.evaluate import pipeline, verdict
-from peftflow.exitcodes import ExitCode
 from peftflow.store import atomic
 from peftflow.store import status_record as status
 
@@ -111,17 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if req.write_merged is not None and not req.write_merged.exists():
             new_merged = req.write_merged
         doc = pipeline.evaluate(req, rec)
-    except PeftflowError as exc:
-        _fail(rec, out, new_merged, str(exc), int(exc.exit_code))
-        raise
-    except (KeyboardInterrupt, entry.Interrupted) as exc:
-        _fail(rec, out, new_merged, f"interrupted ({exc or 'SIGINT'})", int(ExitCode.INTERRUPTED))
-        raise
-    except MemoryError:
-        _fail(rec, out, new_merged, "out of memory", int(ExitCode.RESOURCE))
-        raise
-    except Exception as exc:
-        _fail(rec, out, new_merged, f"unexpected error: {exc!r}", int(ExitCode.UNEXPECTED))
+    except (Exception, KeyboardInterrupt, entry.Interrupted) as exc:
+        _fail(rec, out, new_merged, _failure(exc), int(entry.recorded_code(exc)))
         raise
     rec.write("success")
     print(f"verdict: {doc['verdict']}" + "".join(f"\n  - {r}" for r in doc["reasons"]),
@@ -131,6 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({values['relative_change']:+.2%})", flush=True)
     print(f"eval throughput: {rec.metrics['tokens_per_s']} tokens/s", file=sys.stderr, flush=True)
     return 0
+
+
+def _failure(exc: BaseException) -> str:
+    """What the failed status.json says of `exc`."""
+    if isinstance(exc, PeftflowError):
+        return str(exc)
+    if isinstance(exc, (KeyboardInterrupt, entry.Interrupted)):
+        return f"interrupted ({exc or 'SIGINT'})"
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    return f"unexpected error: {exc!r}"
 
 
 def _fail(rec: status.StageRecorder, out: Path, new_merged: Path | None, message: str,

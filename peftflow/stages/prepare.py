@@ -31,8 +31,15 @@ from typing import Any
 from peftflow import entry
 from peftflow.dataset import pipeline, tokenizer
 from peftflow.dataset.manifest import Manifest, load_manifest
-from peftflow.dataset.quality import Outcome, ProfileLimits, Report, Thresholds, evaluate
+from peftflow.dataset.quality import (
+    DEFAULT_MAX_DUPLICATE_FRACTION,
+    ProfileLimits,
+    Report,
+    Thresholds,
+    evaluate,
+)
 from peftflow.errors import ConfigError, DataError, PeftflowError
+from peftflow.outcome import Outcome
 from peftflow.store import atomic, schemas
 from peftflow.store.status_record import FileRef, StageRecorder, utc_now
 
@@ -71,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "document-count checks (skipped without it)")
     p.add_argument("--max-invalid-records", type=count, default=0,
                    help="invalid records tolerated, then left out of the binidx (default 0)")
-    p.add_argument("--max-duplicate-fraction", type=fraction, default=0.05,
-                   help="largest fraction of exact-duplicate documents (default 0.05)")
+    p.add_argument("--max-duplicate-fraction", type=fraction,
+                   default=DEFAULT_MAX_DUPLICATE_FRACTION,
+                   help="largest fraction of exact-duplicate documents (default %(default)s)")
     p.add_argument("--max-over-ctx-fraction", type=fraction, default=0.5,
                    help="fraction of documents longer than ctx_len above which it warns "
                    "(default 0.5)")
@@ -170,8 +178,7 @@ def _withdraw_earlier_success(out_dir: Path, inputs: dict[str, Path],
     path = _earlier_success(out_dir, inputs)
     if path is None:
         return
-    interrupted = isinstance(exc, (KeyboardInterrupt, entry.Interrupted))
-    code = 130 if interrupted else int(getattr(exc, "exit_code", 1))
+    code = int(entry.recorded_code(exc))
     rec = StageRecorder(STAGE, out_dir)
     message = (f"{type(exc).__name__}: {exc} (this run stopped before replacing the earlier "
                "run's outputs in this folder; they must not be used)")
@@ -300,8 +307,7 @@ def _prepare(args: argparse.Namespace, out_dir: Path, inputs: dict[str, Path]) -
         raise
     except (PeftflowError, KeyboardInterrupt, entry.Interrupted) as exc:
         staged.discard()
-        code = getattr(exc, "exit_code", 130)
-        rec.write("failed", f"{type(exc).__name__}: {exc}", int(code))
+        rec.write("failed", f"{type(exc).__name__}: {exc}", int(entry.recorded_code(exc)))
         raise
     finally:
         staged.discard()

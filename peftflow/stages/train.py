@@ -28,7 +28,6 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -167,17 +166,9 @@ def check_run_record(out: Path, prof: Profile, refs: list[status.FileRef]) -> No
 
 def exit_code_of(exc: BaseException) -> int:
     """The code entry.run will exit with for `exc` (recorded in the failed status)."""
-    if isinstance(exc, PeftflowError):
-        return int(exc.exit_code)
-    if isinstance(exc, (KeyboardInterrupt, entry.Interrupted)):
-        return 130
-    if isinstance(exc, MemoryError):
-        return 75
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return 75
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else 1
-    return 1
+    return int(entry.recorded_code(exc))
 
 
 if __name__ == "__main__":
