@@ -3,6 +3,9 @@
 Authentication: a JWT from POST /auth/token. Credentials come from PEFTFLOW_API_USER and
 PEFTFLOW_API_PASSWORD, or from the password file that Airflow's SimpleAuthManager generates in
 AIRFLOW_HOME. Tokens and passwords are never printed or logged.
+
+HTTP is httpx, which Airflow itself uses. What is ours: the answers mapped onto peftflow's errors,
+and a trigger that retries a server error with a run id chosen here.
 """
 
 from __future__ import annotations
@@ -11,17 +14,18 @@ import datetime as dt
 import json
 import secrets
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from peftflow import settings
 from peftflow.errors import PeftflowError, ResourceError
 
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"  # noqa: S105 - a file name
 TERMINAL = {"success", "failed"}
+TIMEOUT_S = 30.0  # to connect, and then between any two bytes of the answer
 
 
 class ApiError(PeftflowError):
@@ -29,13 +33,27 @@ class ApiError(PeftflowError):
 
     def __init__(self, status: int, detail: str) -> None:
         self.status = status
+        self.detail = detail
         super().__init__(f"Airflow API answered {status}: {detail}")
 
 
 @dataclass
 class Client:
+    """One api-server; logs in on the first request that needs a token."""
+
     base_url: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    timeout_s: float = TIMEOUT_S
+    _http: httpx.Client = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # trust_env=False: no proxy or .netrc named in the environment gets to see the token.
+        # No keep-alive, as with urllib before: a POST never goes out on a connection that the
+        # server is closing, and a Client that nobody closes holds no socket open.
+        self._http = httpx.Client(timeout=self.timeout_s, follow_redirects=False,
+                                  trust_env=False,
+                                  limits=httpx.Limits(max_keepalive_connections=0),
+                                  headers={"Accept": "application/json"})
 
     @classmethod
     def from_settings(cls) -> Client:
@@ -57,30 +75,52 @@ class Client:
 
     def login(self) -> None:
         user, password = self._credentials()
-        answer = self._send("POST", "/auth/token", {"username": user, "password": password},
-                            auth=False)
+        try:
+            answer = self._send("POST", "/auth/token", {"username": user, "password": password},
+                                auth=False)
+        except ApiError as exc:
+            # a 422 from FastAPI quotes the body it got back, and this body holds the password
+            raise ApiError(exc.status, exc.detail.replace(password, "***")) from None
         self.token = str(answer["access_token"])
 
     def _send(self, method: str, path: str, body: Any = None, auth: bool = True,
               query: dict[str, Any] | None = None) -> Any:
-        url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        """One request; its JSON answer, or None when the answer is empty.
+
+        ApiError for any answer but 2xx, ResourceError when no answer came.
+        """
+        headers: dict[str, str] = {}
         if auth:
             if self.token is None:
                 self.login()
             headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        content = None
+        if body is not None:
+            # json.dumps rather than httpx's json=, which refuses NaN: a diverged loss in a
+            # conf or an asset event's extra goes out as before and the server decides.
+            content = json.dumps(body)
+            headers["Content-Type"] = "application/json"
         try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:2000]
-            raise ApiError(exc.code, detail) from None
-        except urllib.error.URLError as exc:
-            raise ResourceError(f"Airflow API at {self.base_url} unreachable ({exc.reason}); "
+            resp = self._http.request(method, self.base_url + path, content=content,
+                                      params=query, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ResourceError(f"Airflow API at {self.base_url} unreachable ({exc}); "
                                 "is the api-server running? (./setup_airflow.sh start)") from None
-        return json.loads(raw) if raw else None
+        except httpx.TransportError as exc:
+            raise ResourceError(f"Airflow API at {self.base_url} gave no answer to {method} "
+                                f"{path} ({exc!r}); it may still have done it, so look "
+                                "before repeating it") from None
+        if not resp.is_success:
+            detail = (f"redirect to {resp.headers.get('location')}" if resp.is_redirect
+                      else resp.text)
+            raise ApiError(resp.status_code, detail[:2000])
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise ApiError(resp.status_code, f"the answer is not JSON; is {self.base_url} "
+                           f"Airflow's api-server? ({resp.text[:200]!r})") from None
 
     def unpause(self, dag_id: str) -> None:
         self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
