@@ -27,6 +27,7 @@ from typing import Any
 
 from peftflow import settings
 from peftflow.airflow.config import MARKER, PRIVATE, existing, render, seed_passwords, write_private
+from peftflow.run.child import TERM_GRACE_S, stop_group
 
 SERVICES = ("scheduler", "dag-processor", "api-server")
 SERVICE_UMASK = 0o077
@@ -210,34 +211,21 @@ def wait_healthy(dep: Deployment, wait_s: float) -> None:
                      f"{dep.log_dir / 'api-server.log'}")
 
 
-def stop(dep: Deployment, names: tuple[str, ...] = SERVICES, grace_s: float = 20.0) -> None:
+def stop(dep: Deployment, names: tuple[str, ...] = SERVICES,
+         grace_s: float = TERM_GRACE_S) -> None:
+    """Stop each service's process group: SIGTERM, SIGKILL after the grace (run/child.py).
+
+    Stages run in sessions of their own, out of these groups' reach, and finish stopping either
+    way; the scheduler's group holds the task supervisors, which pass SIGTERM on to their tasks
+    (on_kill stops the stage with TERM_GRACE_S), and they get as long to see them exit."""
     for name in reversed(names):
         pid = _pid(dep, name)
         pid_file = dep.run_dir / f"{name}.pid"
-        if pid is None:
-            pid_file.unlink(missing_ok=True)
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _group_alive(pid):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        if pid is not None:
+            in_time = stop_group(pid, grace_s)
+            print(f"{name}: stopped (pid {pid})" if in_time else
+                  f"{name}: killed (pid {pid}; still running {grace_s:.0f}s after SIGTERM)")
         pid_file.unlink(missing_ok=True)
-        print(f"{name}: stopped (pid {pid})")
-
-
-def _group_alive(pgid: int) -> bool:
-    # A leader started by this process stays a zombie until reaped, and a zombie still
-    # answers killpg(0): reap it, or stop() would wait out the whole grace period.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pgid, os.WNOHANG)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def status(dep: Deployment) -> int:

@@ -7,23 +7,18 @@ configs/rwkv_peft.yaml and checks each flag it emits against that file's argumen
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import io
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from peftflow import settings
 from peftflow.errors import ConfigError, MissingInputError, PeftflowError, ResourceError
 from peftflow.exitcodes import classify
+from peftflow.run.child import CHILD_GRACE_S, Child
 from peftflow.spec.training_profile import PeftMethod, Profile
 from peftflow.store import yamlmarks
 
@@ -229,45 +224,23 @@ def classify_failure(returncode: int, output_tail: str) -> PeftflowError:
     return error
 
 
-def run(argv: list[str], cwd: Path, on_tick: Callable[[], None], every: float = 5.0) -> None:
+def run(argv: list[str], cwd: Path, on_tick: Callable[[], None], every: float = 5.0,
+        grace_s: float = CHILD_GRACE_S) -> None:
     """Run train.py as a child, stream its output to stderr, raise a mapped error on failure.
 
-    SIGTERM/SIGINT to this process (raised as an exception in the main thread) is forwarded
-    to the child, which gets 30 s to exit before it is killed.
+    train.py stays in this stage's process group, so a stop of the group (task runner, a retry)
+    reaches it directly. SIGTERM/SIGINT to this process alone (raised as an exception in the
+    main thread) is passed on: train.py gets `grace_s` to write its checkpoint, then SIGKILL.
     """
-    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
-    tail: collections.deque[str] = collections.deque(maxlen=400)
-    pump = threading.Thread(target=_pump, args=(child, tail), daemon=True)
-    pump.start()
+    child = Child(argv, None, cwd, own_group=False)
     try:
-        while child.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=every)
-            on_tick()
+        finished = child.wait(on_line=_to_stderr, keep=400, on_tick=on_tick, tick_s=every)
     except BaseException:
-        _stop(child)
+        child.stop(grace_s)
         raise
-    pump.join(timeout=10)
-    if child.returncode != 0:
-        raise classify_failure(child.returncode, "".join(tail))
+    if finished.returncode != 0:
+        raise classify_failure(finished.returncode, "\n".join(finished.tail))
 
 
-def _pump(child: subprocess.Popen, tail: collections.deque) -> None:  # type: ignore[type-arg]
-    assert child.stdout is not None
-    stream = cast(io.BufferedReader, child.stdout)  # stdout=PIPE, default buffering
-    for raw in iter(lambda: stream.read1(65536), b""):
-        sys.stderr.buffer.write(raw)
-        sys.stderr.buffer.flush()
-        tail.append(raw.decode("utf-8", "replace"))
-
-
-def _stop(child: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    if child.poll() is not None:
-        return
-    child.send_signal(signal.SIGTERM)
-    try:
-        child.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
