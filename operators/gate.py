@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Context
 
 
 class ReleaseGateOperator(BaseOperator):
@@ -22,7 +22,7 @@ class ReleaseGateOperator(BaseOperator):
         super().__init__(**kwargs)
         self.spec_file = spec_file
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
         from peftflow.airflow import taskrun
 
         return taskrun.run_gate(self, context)

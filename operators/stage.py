@@ -13,9 +13,12 @@ retries; resource failures and interruptions retry with the spec's policy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Context
+
+if TYPE_CHECKING:
+    from peftflow.run.child import Child
 
 
 class StageOperator(BaseOperator):
@@ -26,12 +29,15 @@ class StageOperator(BaseOperator):
         super().__init__(**kwargs)
         self.stage = stage
         self.spec_file = spec_file
-        self._child: Any = None
+        self._child: Child | None = None  # the process group of this try, for on_kill
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
         from peftflow.airflow import taskrun
 
         return taskrun.run_stage(self, context)
+
+    def adopt(self, child: Child | None) -> None:
+        self._child = child
 
     def on_kill(self) -> None:
         if self._child is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, TriggerRule
+from airflow.sdk import BaseOperator, Context, TriggerRule
 
 
 class RunSummaryOperator(BaseOperator):
@@ -24,7 +24,7 @@ class RunSummaryOperator(BaseOperator):
         super().__init__(**kwargs)
         self.is_teardown = True
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Context) -> dict[str, Any]:
         from peftflow.airflow import taskrun
 
         return taskrun.run_summary(self, context)

@@ -194,3 +194,12 @@ def test_a_paused_retrain_dag_is_a_warning_naming_unpause_and_announce(airflow_d
     finally:
         with create_session() as session:
             session.delete(session.get(DagModel, "rwkv7_smoke_retrain"))
+
+
+def test_doctor_without_named_profiles_checks_the_profile_of_every_spec(
+        project_root: Path) -> None:
+    """The default path: no --profile, so the profiles come from dag_specs/ (resolved at
+    validation); it must report, never raise."""
+    checks = doctor.run(airflow_only=False, profiles=[])
+    names = [c.name for c in checks]
+    assert any(n.startswith("smoke-cpu: ") for n in names), names

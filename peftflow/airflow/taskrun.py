@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from peftflow import settings
+from peftflow.airflow.task import GateTask, LoggingTask, StageTask
 from peftflow.errors import ConfigError, IntegrityError, PeftflowError
 from peftflow.exitcodes import ExitCode, classify
 from peftflow.run import lease, plan, runinfo, stages
@@ -55,23 +57,21 @@ def check_params(spec: Spec, params: dict[str, Any]) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _upstream(context: Any, stage: str) -> dict[str, dict[str, Any]]:
+def _upstream(context: Context, stage: str) -> dict[str, dict[str, Any]]:
     ti = context["ti"]
     return {s.name: ti.xcom_pull(task_ids=s.name) for s in stages.before(stage)}
 
 
-def _extra(context: Any, stage: str, spec: Spec, upstream: dict[str, Any]) -> dict[str, Any]:
+def _extra(context: Context, stage: str, spec: Spec, upstream: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     definition = stages.get(stage)
     if definition.after_gate:
         gate = context["ti"].xcom_pull(task_ids=GATE_TASK) or {}
         extra["gate_decision"] = gate.get("decision_path")
-    if definition.reads_baseline:
-        extra["baseline_metrics"] = plan.release_baseline(spec, runinfo.from_context(context))
     return extra
 
 
-def run_stage(op: Any, context: Any) -> dict[str, Any]:
+def run_stage(op: StageTask, context: Context) -> dict[str, Any]:
     stage = stages.get(op.stage).name
     run = runinfo.from_context(context)
     spec = _load(op.spec_file, run, f"the {stage} task")
@@ -101,7 +101,7 @@ def run_stage(op: Any, context: Any) -> dict[str, Any]:
     return _execute(op, stage, run, the_plan, key)
 
 
-def _execute(op: Any, stage: str, run: runinfo.RunInfo, the_plan: plan.StagePlan,
+def _execute(op: StageTask, stage: str, run: runinfo.RunInfo, the_plan: plan.StagePlan,
              key: str) -> dict[str, Any]:
     the_plan.out_dir.mkdir(parents=True, exist_ok=True)
     _event(run, "task_started", stage=stage, inputs=_refs(the_plan.inputs),
@@ -116,16 +116,19 @@ def _execute(op: Any, stage: str, run: runinfo.RunInfo, the_plan: plan.StagePlan
         _event(run, "orphan_stopped", stage=stage, outcome="stopped",
                details={"pid": orphan.pid, "try_number": orphan.try_number})
     child = Child(the_plan.argv, env, settings.get().project_root)
-    op._child = child
+    op.adopt(child)
     lease.write(the_plan.out_dir, child.pid, run.try_number)
+    def show(line: str) -> None:
+        op.log.info("%s", line)
+
     try:
-        finished = child.wait(on_line=lambda line: op.log.info("%s", line))
+        finished = child.wait(on_line=show)
     except BaseException:
         child.stop()  # execution_timeout or kill: take the whole group down
         _event(run, "task_failed", stage=stage, outcome="interrupted")
         raise
     finally:
-        op._child = None
+        op.adopt(None)
         lease.clear(the_plan.out_dir)
     code = classify(finished.returncode)
     if code is not ExitCode.OK:
@@ -173,7 +176,7 @@ def check_outputs(stage: str, out_dir: Path) -> dict[str, Any]:
     return doc
 
 
-def run_gate(op: Any, context: Any) -> dict[str, Any]:
+def run_gate(op: GateTask, context: Context) -> dict[str, Any]:
     from peftflow.release import gate
 
     run = runinfo.from_context(context)
@@ -212,7 +215,7 @@ def run_gate(op: Any, context: Any) -> dict[str, Any]:
     return {"decision_path": str(out), "release": True, "overridden": decision.overridden}
 
 
-def _gate_baseline(op: Any, eval_record: dict[str, Any] | None) -> str | None:
+def _gate_baseline(op: LoggingTask, eval_record: dict[str, Any] | None) -> str | None:
     """"<profile> <version>" of the release the evaluation compared with, if it did."""
     from peftflow.release import lineage
 
@@ -224,7 +227,7 @@ def _gate_baseline(op: Any, eval_record: dict[str, Any] | None) -> str | None:
     return None if found is None else f"{found['profile']} {found['version']}"
 
 
-def _task_states(context: Any, run: runinfo.RunInfo) -> dict[str, str | None]:
+def _task_states(context: Context, run: runinfo.RunInfo) -> dict[str, str | None]:
     """Airflow's state of every task of this run (empty when the API cannot tell)."""
     try:
         found = context["ti"].get_task_states(dag_id=run.dag_id, run_ids=[run.run_id])
@@ -236,7 +239,7 @@ def _task_states(context: Any, run: runinfo.RunInfo) -> dict[str, str | None]:
         return {}
 
 
-def run_summary(op: Any, context: Any) -> dict[str, Any]:
+def run_summary(op: LoggingTask, context: Context) -> dict[str, Any]:
     """The run_summary teardown: log what the run did, keep it as a file, set the run note.
 
     Never fails: a summary that cannot be written or a note that cannot be set is a warning
@@ -267,7 +270,7 @@ def run_summary(op: Any, context: Any) -> dict[str, Any]:
     return summary.as_dict()
 
 
-def _set_note(op: Any, run: runinfo.RunInfo, text: str) -> None:
+def _set_note(op: LoggingTask, run: runinfo.RunInfo, text: str) -> None:
     from peftflow.airflow.client import Client
 
     try:

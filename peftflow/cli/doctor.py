@@ -310,10 +310,10 @@ def run(airflow_only: bool, profiles: list[str]) -> list[Check]:
         "Fix: free space there, or: export PEFTFLOW_ARTIFACT_ROOT=/path/on/a/larger/disk"))
     checks.append(tokenizer_check())
     strict = bool(profiles)
-    paths = [Path(p) for p in profiles] or sorted({
-        paths.resolve_ref(sp.training_profile)
+    files = [Path(p) for p in profiles] or sorted({
+        sp.profile_paths[sp.training_profile]
         for sp in validate.validate_paths([s.project_root / "dag_specs"]).specs})
-    for path in paths:
+    for path in files:
         try:
             checks.extend(profile_checks(profile.load(path), strict))
         except PeftflowError as exc:

@@ -122,8 +122,7 @@ def steps(spec: Spec, params: dict[str, Any],
                               "none if this adapter is already released"))
             continue
         try:
-            extra = {"baseline_metrics": plan.release_baseline(spec, run)}
-            the_plan = plan.build(stage.name, spec, run, upstream, extra)
+            the_plan = plan.build(stage.name, spec, run, upstream)
             for ref in the_plan.inputs.values():
                 ref.verify()
         except PeftflowError as exc:

@@ -27,18 +27,24 @@ def effective_profile_path(spec: Spec, run: RunInfo) -> str:
     return chosen
 
 
+def effective_profile(spec: Spec, run: RunInfo) -> profile.Profile:
+    """The training profile this run uses, loaded (once per task: pass it on, never reload)."""
+    chosen = effective_profile_path(spec, run)
+    return profile.load(spec.profile_paths[chosen], chosen)
+
+
 def profile_name(spec: Spec, run: RunInfo) -> str:
     """The name of the training profile this run uses (releases are filed under it)."""
-    return profile.load(paths.resolve_ref(effective_profile_path(spec, run))).name
+    return effective_profile(spec, run).name
 
 
-def release_baseline(spec: Spec, run: RunInfo) -> Path | None:
+def release_baseline(spec: Spec, prof: profile.Profile) -> Path | None:
     """metrics.json of the profile's current release when the spec compares against it."""
     if not spec.gate.compare_to_release:
         return None
     from peftflow.release import registry
 
-    return registry.baseline_metrics_path(profile_name(spec, run))
+    return registry.baseline_metrics_path(prof.name)
 
 
 def effective_manifest_path(spec: Spec, run: RunInfo) -> Path:
@@ -55,7 +61,7 @@ def effective_manifest_path(spec: Spec, run: RunInfo) -> Path:
     if chosen not in (spec.dataset_manifest, *spec.trigger.allowed_manifests):
         raise ConfigError(f"dataset_manifest {chosen!r} is not allowed by {spec.path.name}; "
                           f"allowed: {[spec.dataset_manifest, *spec.trigger.allowed_manifests]}")
-    return paths.resolve_ref(chosen)
+    return spec.manifest_paths[chosen]
 
 
 def upstream_outputs(record: dict[str, Any] | None, stage: str) -> dict[str, FileRef]:

@@ -18,21 +18,20 @@ from peftflow import __version__, settings
 from peftflow.run import stages
 from peftflow.run.inputs import (
     effective_manifest_path,
+    effective_profile,
     effective_profile_path,
     profile_name,
     release_baseline,
     upstream_outputs,
 )
 from peftflow.run.runinfo import RunInfo
-from peftflow.spec import training_profile as profile
 from peftflow.spec.model import Spec
-from peftflow.store import paths
 from peftflow.store.hashing import sha256_file
 from peftflow.store.status_record import FileRef
 
 __all__ = ["CODE_SUFFIXES", "PINNED", "StagePlan", "build", "code_version",
-           "effective_manifest_path", "effective_profile_path", "profile_name", "record",
-           "release_baseline", "upstream_outputs"]
+           "effective_manifest_path", "effective_profile", "effective_profile_path",
+           "profile_name", "record", "release_baseline", "upstream_outputs"]
 
 CODE_SUFFIXES = (".py", ".c")  # .c too: the C tokenizer decides prepare_dataset's token ids
 # External code whose version changes what a stage computes; the RWKV-PEFT commit is the one
@@ -112,13 +111,13 @@ def build(stage: str, spec: Spec, run: RunInfo, upstream: dict[str, dict[str, An
     definition = stages.get(stage)
     script = str(settings.get().scripts_dir / definition.script)
     out = run.stage_dir(definition.name)
-    prof_rel = effective_profile_path(spec, run)
-    prof_path = paths.resolve_ref(prof_rel)
-    prof = profile.load(prof_path, prof_rel)
-    ctx = stages.StageContext(spec=spec, run=run, profile=prof, upstream=upstream,
-                              extra=extra or {})
+    prof = effective_profile(spec, run)  # the one load of the profile in this task
+    facts = dict(extra or {})
+    if definition.reads_baseline:
+        facts["baseline_metrics"] = release_baseline(spec, prof)
+    ctx = stages.StageContext(spec=spec, run=run, profile=prof, upstream=upstream, extra=facts)
     own = definition.args(ctx)
-    inputs: dict[str, FileRef] = {"profile": FileRef.of("profile", prof_path), **own.inputs}
+    inputs: dict[str, FileRef] = {"profile": FileRef.of("profile", prof.path), **own.inputs}
     config: dict[str, Any] = {"profile_sha256": prof.sha256, **own.config}
-    argv = ["bash", script, "--profile", str(prof_path), "--out", str(out), *own.argv]
+    argv = ["bash", script, "--profile", str(prof.path), "--out", str(out), *own.argv]
     return StagePlan(definition.name, argv, out, inputs, config)

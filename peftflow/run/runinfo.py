@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftflow import settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 
 def safe_segment(value: str) -> str:
@@ -41,7 +44,7 @@ class RunInfo:
         return str(self.params.get("note") or "")
 
 
-def from_context(context: Any) -> RunInfo:
+def from_context(context: Context) -> RunInfo:
     ti = context["ti"]
     dag_run = context["dag_run"]
     run_type = str(getattr(dag_run, "run_type", "") or "")

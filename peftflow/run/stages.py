@@ -22,7 +22,6 @@ from peftflow.run.inputs import base_model, effective_manifest_path, ref, upstre
 from peftflow.run.runinfo import RunInfo
 from peftflow.spec.model import GPU_POOL, Spec, Stage
 from peftflow.spec.training_profile import Profile
-from peftflow.store import paths
 from peftflow.store.status_record import FileRef
 
 
@@ -34,7 +33,7 @@ class StageContext:
     run: RunInfo
     profile: Profile
     upstream: Mapping[str, dict[str, Any] | None]  # stage name -> its XCom record
-    extra: Mapping[str, Any]  # task-side facts: gate_decision, baseline_metrics
+    extra: Mapping[str, Any]  # facts: gate_decision (XCom), baseline_metrics (registry)
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,7 @@ def _evaluate(ctx: StageContext) -> StageArgs:
     trained = upstream_outputs(ctx.upstream.get(Stage.TRAIN), Stage.TRAIN)
     inputs = {"adapter": trained["adapter"], "base_model": base_model(ctx.profile)}
     argv = ["--adapter", trained["adapter"].path]
-    for i, suite in enumerate(spec.eval_suites):
-        suite_path = paths.resolve_ref(suite)
+    for i, suite_path in enumerate(spec.suite_paths):
         inputs[f"suite:{i}"] = ref(f"suite:{i}", suite_path)
         argv += ["--suite", str(suite_path)]
     argv += ["--min-domain-improvement", repr(gate.min_domain_improvement),

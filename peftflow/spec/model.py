@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftflow.dataset.quality import DEFAULT_MAX_DUPLICATE_FRACTION
 from peftflow.spec.orchestration import OrchestrationProfile
+from peftflow.store.paths import resolve_ref
 
 
 class Stage(enum.StrEnum):
@@ -38,7 +40,7 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class QualityRules:
     max_invalid_records: int = 0
-    max_duplicate_fraction: float = 0.05
+    max_duplicate_fraction: float = DEFAULT_MAX_DUPLICATE_FRACTION
     max_over_ctx_fraction: float = 0.5
     allow_warn: bool = True
 
@@ -89,6 +91,11 @@ class Spec:
     trigger: TriggerPolicy
     path: Path  # the spec file
     sha256: str
+    # Every file reference resolved once, at validation: name as written -> absolute path.
+    # A trigger may choose any allowed profile or manifest, so each allowed one is here.
+    profile_paths: dict[str, Path] = field(default_factory=dict)
+    manifest_paths: dict[str, Path] = field(default_factory=dict)
+    suite_paths: tuple[Path, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retry_policy(self, stage: str) -> RetryPolicy:
@@ -155,4 +162,9 @@ def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
         ),
         path=path,
         sha256=sha256,
+        profile_paths={ref: resolve_ref(ref) for ref in (
+            data["training_profile"], *trigger.get("allowed_profiles", []))},
+        manifest_paths={ref: resolve_ref(ref) for ref in (
+            data["dataset"]["manifest"], *trigger.get("allowed_manifests", []))},
+        suite_paths=tuple(resolve_ref(ref) for ref in data["eval_suites"]),
     )
