@@ -21,11 +21,12 @@ test-fast: ## run the tests that need no live Airflow services
 smoke: setup ## run the smoke pipeline end to end under the real services
 	$(PY) -m peftflow.smoke.run
 
-bench: setup ## benchmarks: parse cost, prepare throughput, operator overhead, orchestration
+bench: setup ## benchmarks: parse cost, prepare throughput, operator overhead, orchestration, 1 vs 2 GPUs
 	$(PY) bench/bench_parse.py
 	$(PY) bench/bench_prepare.py
 	$(PY) bench/bench_operator.py
 	$(PY) bench/bench_orchestration.py
+	$(PY) bench/bench_devices.py
 
 validate: ## validate dag_specs/ (what the pre-commit hook runs)
 	$(VENV)/bin/peftflow validate

@@ -81,8 +81,10 @@ say "migrating the metadata DB"
 # Logs under AIRFLOW_HOME are private (0600, doctor checks it): create them under umask 077.
 ( umask 077; "$AIRFLOW" db migrate >"$AIRFLOW_HOME/logs/db-migrate.log" 2>&1 ) \
   || { tail -n 20 "$AIRFLOW_HOME/logs/db-migrate.log" >&2; die "airflow db migrate failed (log: $AIRFLOW_HOME/logs/db-migrate.log)"; }
-say "creating pool gpu (1 slot) from configs/pools.json"
-"$AIRFLOW" pools import "$ROOT/configs/pools.json" >/dev/null
+# Pool gpu: one slot per device of configs/devices.yaml, resized here on every run.
+POOL_MSG="$("$PEFTFLOW" devices sync-pool)" \
+  || die "could not size pool gpu from configs/devices.yaml (the error above says why)"
+say "$POOL_MSG"
 "$PEFTFLOW" model init-tiny --profile "$ROOT/configs/profiles/smoke_cpu.yaml" >/dev/null
 say "validating dag_specs/"
 "$PEFTFLOW" validate "$ROOT/dag_specs" || die "fix the spec problems above, then rerun"

@@ -58,6 +58,7 @@ def main() -> int:
         "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False", "DO_NOT_TRACK": "1",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
         "PEFTFLOW_ARTIFACT_ROOT": str(tmp / "artifacts"),
+        "PEFTFLOW_DEVICE_LOCK_DIR": str(tmp / "device-locks"),
         "PEFTFLOW_AUDIT_LOG": str(tmp / "audit" / "audit.jsonl"),  # the key stays outside
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
             "name": "bench", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",

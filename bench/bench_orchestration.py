@@ -97,6 +97,7 @@ def main() -> int:
         "PEFTFLOW_API_PORT": str(free_port()), "PEFTFLOW_ARTIFACT_ROOT": str(tmp / "artifacts"),
         "PEFTFLOW_RELEASES_ROOT": str(tmp / "releases"),
         "PEFTFLOW_AUDIT_LOG": str(tmp / "audit" / "audit.jsonl"),
+        "PEFTFLOW_DEVICE_LOCK_DIR": str(tmp / "device-locks"),
     })
     hand = by_hand(tmp)
     wall, tasks = live(tmp)

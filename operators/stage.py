@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, Context
 
 if TYPE_CHECKING:
-    from peftflow.run.child import Child
+    from peftflow.child import Child
 
 
 class StageOperator(BaseOperator):

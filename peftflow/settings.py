@@ -25,6 +25,8 @@ class Settings:
     models_root: Path  # where relative base-model paths of profiles resolve
     allowed_roots: tuple[Path, ...]  # spec/profile paths must stay inside one of these
     orchestration_config: Path
+    devices_config: Path  # PEFTFLOW_DEVICES_CONFIG: the GPU inventory of this host
+    device_lock_dir: Path  # PEFTFLOW_DEVICE_LOCK_DIR: one lock file per device, host-wide
     schemas_dir: Path
     airflow_home: Path
     db_url: str | None  # PEFTFLOW_DB_URL; None = the SQLite file in airflow_home
@@ -71,6 +73,11 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
         orchestration_config=_path(
             "PEFTFLOW_ORCHESTRATION_CONFIG", root / "configs" / "orchestration.yaml"
         ),
+        devices_config=_path("PEFTFLOW_DEVICES_CONFIG", root / "configs" / "devices.yaml"),
+        # Host-wide on purpose (not per AIRFLOW_HOME): a GPU is shared by every deployment and
+        # every hand-run script of this user on the box, so they must all see the same locks.
+        device_lock_dir=_path("PEFTFLOW_DEVICE_LOCK_DIR",
+                              Path.home() / ".local" / "state" / "peftflow" / "devices"),
         schemas_dir=root / "schemas",
         airflow_home=airflow_home,
         db_url=os.environ.get("PEFTFLOW_DB_URL") or None,

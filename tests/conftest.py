@@ -34,6 +34,8 @@ os.environ.update({
     "PEFTFLOW_ARTIFACT_ROOT": str(_SESSION / "artifacts"),
     "PEFTFLOW_RELEASES_ROOT": str(_SESSION / "releases"),
     "PEFTFLOW_AUDIT_LOG": str(_SESSION / "audit" / "audit.jsonl"),
+    # Never the user's host-wide locks: a test must not wait for (or block) a real training.
+    "PEFTFLOW_DEVICE_LOCK_DIR": str(_SESSION / "device-locks"),
     # Nothing listens here: a test never reaches a deployment someone left running on 8080.
     "PEFTFLOW_API_PORT": str(_unused_port()),
 })
@@ -58,7 +60,7 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def smoke_base_model() -> Path:
     """The tiny random RWKV-7 of the smoke profile (deterministic; created if missing)."""
-    from peftflow.spec import training_profile as profile
+    from peftflow.train import training_profile as profile
     from peftflow.train.tiny import init_tiny_rwkv7
 
     prof = profile.load(ROOT / "configs/profiles/smoke_cpu.yaml")

@@ -57,6 +57,33 @@ def test_no_module_outside_the_entry_points_imports_one() -> None:
     assert wrong == []
 
 
+# The rooms from the bottom up (docs/architecture.md, "Layers"): a module imports only from its
+# own room or from one below it. The core is every module at the package top level.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("peftflow.store",),
+    ("peftflow.dataset", "peftflow.train", "peftflow.evaluate", "peftflow.release"),
+    ("peftflow.spec",),
+    ("peftflow.run",),
+    ("peftflow.airflow",),
+    ("peftflow.cli", "peftflow.stages", "peftflow.smoke"),
+)
+
+
+def _layer(module: str) -> int:
+    for level, rooms in enumerate(LAYERS, start=1):
+        if any(_inside(module, room) for room in rooms):
+            return level
+    assert module.count(".") <= 1, f"{module} is in no room of LAYERS: add its folder there"
+    return 0
+
+
+def test_every_import_points_to_the_same_room_or_one_below() -> None:
+    upward = sorted(f"{module} imports {target}"
+                    for module, targets in GRAPH.items()
+                    for target in targets if _layer(target) > _layer(module))
+    assert upward == []
+
+
 def test_the_domain_packages_never_import_the_airflow_side() -> None:
     domain = ("peftflow.dataset", "peftflow.train", "peftflow.evaluate", "peftflow.release")
     wrong = sorted(f"{module} imports {target}"
@@ -93,3 +120,4 @@ def test_the_walk_sees_the_package() -> None:
     """A walk that finds nothing would pass every test above."""
     assert len(MODULES) > 80
     assert "peftflow.run.stages" in GRAPH["peftflow.run.plan"]
+    assert {_layer(m) for m in GRAPH} == set(range(len(LAYERS) + 1))

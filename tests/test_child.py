@@ -1,4 +1,4 @@
-"""The one child-process runner (run/child.py) and its grace policy, on real processes.
+"""The one child-process runner (peftflow/child.py) and its grace policy, on real processes.
 
 Graces are passed short here (a fraction of a second); the policy's own values are checked
 against each other, not waited out.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from peftflow import child as runner
 from peftflow import entry
 from peftflow.airflow import services
+from peftflow.child import CHILD_GRACE_S, TERM_GRACE_S, Child, Finished, stop_group
 from peftflow.errors import ResourceError
-from peftflow.run import child as runner
-from peftflow.run.child import CHILD_GRACE_S, TERM_GRACE_S, Child, Finished, stop_group
 from peftflow.train import rwkv_peft
 
 # Children that say "ready" once their SIGTERM handler is in place, then wait to be stopped.

@@ -134,8 +134,7 @@ def test_triggering_the_marked_dag_fails_with_the_problems() -> None:
 
 def test_gpu_stages_always_use_the_gpu_pool_even_if_expansion_is_tampered(  # type: ignore[no-untyped-def]
         monkeypatch, specs: list[Spec]) -> None:
-    from peftflow.airflow import loader
-    from peftflow.spec import expand
+    from peftflow.airflow import expand, loader
 
     original = expand.dag_config
 

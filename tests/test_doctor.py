@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peftflow.cli import doctor
-from peftflow.spec import training_profile as profile
+from peftflow.train import training_profile as profile
 
 
 @pytest.fixture()
@@ -19,17 +19,31 @@ def gpu_pool(airflow_db: None) -> Iterator[None]:
     Pool.create_or_update_pool("gpu", 1, "single GPU", include_deferred=False)
 
 
-def test_pool_with_one_slot_passes(gpu_pool: None) -> None:
-    assert doctor.pool_check().level == "ok"
+def test_pool_with_one_slot_per_device_passes(gpu_pool: None) -> None:
+    check = doctor.pool_check()
+    assert check.level == "ok" and "1 slot(s), one per device" in check.detail
 
 
-def test_pool_with_more_than_one_slot_fails_loudly(gpu_pool: None) -> None:
+def test_pool_with_more_slots_than_devices_fails_loudly(gpu_pool: None) -> None:
     from airflow.models.pool import Pool
 
     Pool.create_or_update_pool("gpu", 2, "oops", include_deferred=False)
     check = doctor.pool_check()
-    assert check.level == "fail" and "2 slots" in check.detail
-    assert "airflow pools set gpu 1" in check.detail
+    assert check.level == "fail" and "2 slot(s)" in check.detail
+    assert "1 device(s)" in check.detail and "peftflow devices sync-pool" in check.detail
+
+
+def test_pool_sized_by_sync_pool_follows_an_inventory_of_two(
+        gpu_pool: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftflow.cli import devices
+
+    inventory = tmp_path / "devices.yaml"
+    inventory.write_text('devices:\n  - {id: "0"}\n  - {id: "1"}\n')
+    monkeypatch.setenv("PEFTFLOW_DEVICES_CONFIG", str(inventory))
+    assert doctor.pool_check().level == "fail"
+    assert devices.cmd_sync_pool(None) == 0  # type: ignore[arg-type]
+    check = doctor.pool_check()
+    assert check.level == "ok" and "2 slot(s)" in check.detail
 
 
 def test_missing_pool_fails_and_says_how_to_create_it(gpu_pool: None) -> None:
@@ -38,7 +52,7 @@ def test_missing_pool_fails_and_says_how_to_create_it(gpu_pool: None) -> None:
     Pool.delete_pool("gpu")
     check = doctor.pool_check()
     assert check.level == "fail" and "does not exist" in check.detail
-    assert "airflow pools import configs/pools.json" in check.detail
+    assert "peftflow devices sync-pool" in check.detail
 
 
 def test_gpu_profile_resources_are_failures_when_asked_for_that_profile(

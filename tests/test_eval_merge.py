@@ -10,7 +10,7 @@ import yaml
 
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.evaluate import merge
-from peftflow.spec import training_profile as profile_mod
+from peftflow.train import training_profile as profile_mod
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "profiles" / "smoke_cpu.yaml"
 

@@ -11,7 +11,7 @@ import yaml
 
 from peftflow.errors import ConfigError
 from peftflow.evaluate import merge, scoring, suites
-from peftflow.spec import training_profile as profile_mod
+from peftflow.train import training_profile as profile_mod
 from peftflow.train.tiny import init_tiny_rwkv7
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from peftflow.dataset import load_manifest, register_dataset
 from peftflow.dataset.reader import classify, visible
 from peftflow.errors import ConfigError, SpecError
 from peftflow.evaluate import suites
-from peftflow.spec import training_profile as profile
 from peftflow.stages import prepare
 from peftflow.store import status_record as status
+from peftflow.train import training_profile as profile
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ROOT / "tests" / "fixtures" / "hostile"

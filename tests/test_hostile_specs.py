@@ -150,7 +150,8 @@ def test_a_value_that_would_fail_later_is_refused_at_validation(
 
 
 def test_a_cron_preset_is_accepted_by_schema_and_code_alike(tmp_path: Path) -> None:
-    from peftflow.spec import expand, validate
+    from peftflow.airflow import expand
+    from peftflow.spec import validate
 
     path = tmp_path / "preset.yaml"
     path.write_text(_schedule("schedule:\n  enabled: true\n  cron: '@daily'"))
@@ -162,7 +163,7 @@ def test_a_cron_preset_is_accepted_by_schema_and_code_alike(tmp_path: Path) -> N
 
 def test_a_nan_learning_rate_in_a_profile_is_refused_where_it_is_written(tmp_path: Path) -> None:
     from peftflow.errors import SpecError
-    from peftflow.spec import training_profile as profile
+    from peftflow.train import training_profile as profile
 
     text = (ROOT / "configs" / "profiles" / "smoke_cpu.yaml").read_text()
     path = tmp_path / "nan_lr.yaml"

@@ -108,6 +108,23 @@ def test_adapter_improved_the_domain_loss(ok_run: Any) -> None:
     assert domain["adapted_loss"] < domain["base_loss"]
 
 
+def test_gpu_stages_record_the_device_they_leased_and_cpu_stages_none(ok_run: Any) -> None:
+    import socket
+
+    from peftflow import settings
+    from peftflow.store import audit
+
+    run_dir = next((settings.get().artifact_root / "pipe_ok").iterdir())
+    leases = {stage: json.loads((run_dir / stage / "status.json").read_text()).get("devices")
+              for stage in ("prepare_dataset", "train_adapter", "evaluate_adapter")}
+    assert leases["prepare_dataset"] is None
+    for stage in ("train_adapter", "evaluate_adapter"):
+        assert leases[stage]["ids"] == ["0"] and leases[stage]["host"] == socket.gethostname()
+    audited = {e["stage"]: e["details"].get("devices") for e in audit.events(
+        run_id=ok_run.run_id) if e["event"] == "task_succeeded"}
+    assert audited["train_adapter"]["ids"] == ["0"] and audited["prepare_dataset"] is None
+
+
 def test_unreachable_gate_blocks_the_release_and_records_why(ok_run: Any,
                                                              dag_folder: Path) -> None:
     from peftflow.release import registry

@@ -344,7 +344,7 @@ def test_an_existing_version_is_never_overwritten(tmp_path: Path, run: Run) -> N
 
 def test_a_crash_while_building_leaves_no_half_release(
         run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftflow.spec import training_profile as profile
+    from peftflow.train import training_profile as profile
 
     def disk_full(doc: dict, path: Path) -> None:
         raise ResourceError(f"{path}: no space left on device (injected)")

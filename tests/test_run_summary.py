@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftflow.airflow import runsummary
-from peftflow.spec import expand
+from peftflow.airflow import expand, runsummary
 
 RUN = "manual__2026-12-01T10:00:00+00:00"
 EARLIER = "manual__2026-11-30T09:00:00+00:00"

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from peftflow.errors import ConfigError
-from peftflow.spec import training_profile as profile
 from peftflow.train import rwkv_peft
+from peftflow.train import training_profile as profile
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_adapter.sh"

@@ -22,10 +22,11 @@ from typing import Any
 
 import pendulum
 
+from peftflow.airflow import expand
 from peftflow.errors import PeftflowError, Problem, SpecError
 from peftflow.run import stages
 from peftflow.spec import cache as speccache
-from peftflow.spec import expand, orchestration, validate
+from peftflow.spec import orchestration, validate
 from peftflow.spec.model import GPU_POOL
 from peftflow.store import paths
 

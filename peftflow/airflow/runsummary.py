@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from peftflow.spec.expand import GATE_TASK, task_order
+from peftflow.airflow.expand import GATE_TASK, task_order
 
 # the DAG's tasks in order, the gate before the release (as expand.dag_config builds them)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from peftflow import settings
 from peftflow.airflow.config import MARKER, PRIVATE, existing, render, seed_passwords, write_private
-from peftflow.run.child import TERM_GRACE_S, stop_group
+from peftflow.child import TERM_GRACE_S, stop_group
 
 SERVICES = ("scheduler", "dag-processor", "api-server")
 SERVICE_UMASK = 0o077
@@ -213,7 +213,7 @@ def wait_healthy(dep: Deployment, wait_s: float) -> None:
 
 def stop(dep: Deployment, names: tuple[str, ...] = SERVICES,
          grace_s: float = TERM_GRACE_S) -> None:
-    """Stop each service's process group: SIGTERM, SIGKILL after the grace (run/child.py).
+    """Stop each service's process group: SIGTERM, SIGKILL after the grace (peftflow/child.py).
 
     Stages run in sessions of their own, out of these groups' reach, and finish stopping either
     way; the scheduler's group holds the task supervisors, which pass SIGTERM on to their tasks

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from peftflow.run.child import Child
+    from peftflow.child import Child
 
 
 class TaskLog(Protocol):

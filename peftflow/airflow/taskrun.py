@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,15 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from peftflow import settings
+from peftflow.airflow import expand
 from peftflow.airflow.task import GateTask, LoggingTask, StageTask
+from peftflow.child import TERM_GRACE_S, Child
 from peftflow.errors import ConfigError, IntegrityError, PeftflowError
 from peftflow.exitcodes import ExitCode, classify
-from peftflow.run import lease, plan, runinfo, stages
+from peftflow.outcome import Outcome
+from peftflow.run import device_lease, lease, plan, runinfo, stages
 from peftflow.run import reuse as cache
-from peftflow.run.child import TERM_GRACE_S, Child
-from peftflow.spec import expand, orchestration, validate
+from peftflow.spec import orchestration, validate
 from peftflow.spec.model import Spec, Stage
 from peftflow.store import audit
 from peftflow.store import status_record as status
@@ -98,17 +101,30 @@ def run_stage(op: StageTask, context: Context) -> dict[str, Any]:
         return plan.record(earlier, Path(earlier["_status_path"]), key, reused=True)
     if forced:
         op.log.info("force_rerun is set: not reusing earlier results")
-    return _execute(op, stage, run, the_plan, key)
+    return _execute(op, stage, run, the_plan, key, _preferred_devices(stage, upstream))
+
+
+def _preferred_devices(stage: str, upstream: dict[str, dict[str, Any]]) -> str:
+    """The cards the run's previous GPU stage leased on this host, if it ran here: evaluating
+    on the GPU that just trained finds the page cache (and the card) warm."""
+    if not stages.get(stage).gpu:
+        return ""
+    for earlier in reversed(stages.before(stage)):
+        devices = (upstream.get(earlier.name) or {}).get("devices") if earlier.gpu else None
+        if devices and devices.get("host") == socket.gethostname():
+            return ",".join(str(d) for d in devices.get("ids", []))
+    return ""
 
 
 def _execute(op: StageTask, stage: str, run: runinfo.RunInfo, the_plan: plan.StagePlan,
-             key: str) -> dict[str, Any]:
+             key: str, prefer_devices: str = "") -> dict[str, Any]:
     the_plan.out_dir.mkdir(parents=True, exist_ok=True)
     _event(run, "task_started", stage=stage, inputs=_refs(the_plan.inputs),
            details={"cache_key": key})
     op.log.info("running %s", the_plan.argv)
     env = settings.child_env({"PEFTFLOW_DAG_ID": run.dag_id, "PEFTFLOW_RUN_ID": run.run_id,
-                              "PEFTFLOW_TRY_NUMBER": str(run.try_number)})
+                              "PEFTFLOW_TRY_NUMBER": str(run.try_number),
+                              device_lease.PREFER_ENV: prefer_devices})
     orphan = lease.reclaim(the_plan.out_dir, grace_s=TERM_GRACE_S)
     if orphan is not None:  # an earlier try whose watcher died is still running here
         op.log.warning("stopped process group %d of try %d, still running in %s",
@@ -149,7 +165,9 @@ def _execute(op: StageTask, stage: str, run: runinfo.RunInfo, the_plan: plan.Sta
     cache.store(stage, key, status_path, run.run_id)
     _event(run, "task_succeeded", stage=stage, outcome="success",
            inputs=_refs(the_plan.inputs), outputs=_refs(status.outputs_of(doc)),
-           duration_s=doc.get("duration_s"), details={"cache_key": key})
+           duration_s=doc.get("duration_s"),
+           details={"cache_key": key, **({"devices": doc["devices"]} if doc.get("devices")
+                                         else {})})
     if stage == Stage.RELEASE:  # the release itself, as `audit show` and the summary name it
         m = doc.get("metrics", {})
         _event(run, "release_noop" if m.get("noop") else "release_published",
@@ -206,12 +224,13 @@ def run_gate(op: GateTask, context: Context) -> dict[str, Any]:
     prof = plan.profile_name(spec, run)
     if not decision.release:
         gate.record_block(decision, profile=prof, dag_id=run.dag_id, run_id=run.run_id)
-        _event(run, "gate_blocked", outcome="blocked", verdict="fail",
+        _event(run, "gate_blocked", outcome="blocked", verdict=Outcome.FAIL.value,
                details={"reasons": decision.reasons})
         raise AirflowFailException("release blocked by the gate:\n- " +
                                    "\n- ".join(decision.reasons))
-    _event(run, "gate_override" if decision.overridden else "gate_passed", outcome="pass",
-           verdict="pass", details={"reasons": decision.reasons})
+    _event(run, "gate_override" if decision.overridden else "gate_passed",
+           outcome=Outcome.PASS.value, verdict=Outcome.PASS.value,
+           details={"reasons": decision.reasons})
     return {"decision_path": str(out), "release": True, "overridden": decision.overridden}
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from peftflow import settings
+from peftflow.airflow import expand
 from peftflow.airflow.client import Client
 from peftflow.errors import PeftflowError
-from peftflow.spec import expand
 from peftflow.store import audit, paths
 from peftflow.store.hashing import sha256_file
 

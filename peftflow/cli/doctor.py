@@ -1,8 +1,9 @@
 """`peftflow doctor`: checks what `peftflow validate` cannot see from a spec alone.
 
 Runtime resources of the training machine (base models, the RWKV-PEFT checkout and its
-interpreter, a GPU) and the Airflow deployment (the gpu pool must exist with exactly 1 slot:
-with a missing pool Airflow leaves GPU tasks `scheduled` forever, silently).
+interpreter, a GPU) and the Airflow deployment (the gpu pool must exist with one slot per
+device of the GPU inventory: with a missing pool Airflow leaves GPU tasks `scheduled` forever,
+silently; the device checks are in cli/devices.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from typing import Any
 from peftflow import settings
 from peftflow.errors import PeftflowError
 from peftflow.spec import orchestration, validate
-from peftflow.spec import training_profile as profile
-from peftflow.spec.model import GPU_POOL
 from peftflow.store import paths
+from peftflow.train import training_profile as profile
 
 
 @dataclass(frozen=True)
@@ -31,28 +31,19 @@ class Check:
 
 
 def pool_check() -> Check:
-    """The gpu pool, read from the metadata DB of the current AIRFLOW_HOME."""
-    home = settings.use_project_airflow_home()
-    from airflow.models.pool import Pool
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-    from sqlalchemy.exc import SQLAlchemyError
+    """Pool gpu against the GPU inventory (one slot per device), from the metadata DB of the
+    current AIRFLOW_HOME."""
+    from peftflow.cli.devices import checks
 
-    try:
-        with create_session() as session:
-            pool = session.scalar(select(Pool).where(Pool.pool == GPU_POOL))
-            slots = None if pool is None else pool.slots
-    except SQLAlchemyError as exc:
-        return Check("pool gpu", "fail", f"cannot read the metadata DB of {home} "
-                     f"({type(exc).__name__}). Fix: ./setup_airflow.sh")
-    if slots is None:
-        return Check("pool gpu", "fail", "pool 'gpu' does not exist: GPU tasks would stay "
-                     "'scheduled' forever. Fix: airflow pools import configs/pools.json")
-    if slots != 1:
-        return Check("pool gpu", "fail", f"pool 'gpu' has {slots} slots: two GPU stages could "
-                     "run at once (OOM, driver failures). Fix: airflow pools set gpu 1 "
-                     "'single GPU'")
-    return Check("pool gpu", "ok", "exists with 1 slot")
+    found = {c[0]: c for c in checks()}
+    return Check(*found.get("pool gpu", found["gpu inventory"]))
+
+
+def device_checks() -> list[Check]:
+    """The inventory, pool gpu, and the devices against nvidia-smi (cli/devices.py)."""
+    from peftflow.cli.devices import checks
+
+    return [Check(*c) for c in checks()]
 
 
 def secret_files_check() -> Check:
@@ -296,7 +287,7 @@ def run(airflow_only: bool, profiles: list[str]) -> list[Check]:
                                            "./setup_airflow.sh --switch-profile airflow"))
     except PeftflowError as exc:
         checks.append(Check("orchestration profile", "fail", str(exc)))
-    checks.append(pool_check())
+    checks.extend(device_checks())
     checks.append(secret_files_check())
     checks.extend(retrain_checks())
     if airflow_only:

@@ -28,6 +28,7 @@ AREAS = (
     "peftflow.cli.audit",
     "peftflow.cli.releases",
     "peftflow.cli.doctor",
+    "peftflow.cli.devices",
     "peftflow.airflow.services",
     "peftflow.cli.profile",
 )

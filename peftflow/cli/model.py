@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _init_tiny(args: argparse.Namespace) -> int:
     out, n_layer, n_embd, seed = args.out, args.n_layer, args.n_embd, args.seed
     if args.profile:
-        from peftflow.spec import training_profile as profile_mod
+        from peftflow.train import training_profile as profile_mod
 
         prof = profile_mod.load(args.profile)
         if prof.model.architecture != "x070":

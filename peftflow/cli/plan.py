@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from peftflow import settings
-from peftflow.airflow import triggers
+from peftflow.airflow import expand, triggers
+from peftflow.airflow.expand import GATE_TASK
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.run import plan, stages
 from peftflow.run import reuse as cache
 from peftflow.run.runinfo import RunInfo
-from peftflow.spec import expand, validate
-from peftflow.spec.expand import GATE_TASK
+from peftflow.spec import validate
 from peftflow.spec.model import Spec, SpecKind
 from peftflow.store import paths
 

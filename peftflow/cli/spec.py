@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from peftflow import settings
+from peftflow.airflow import expand
 from peftflow.cli import main as cli
 from peftflow.errors import PeftflowError, Problem, SpecError
-from peftflow.spec import expand, validate
+from peftflow.spec import validate
 from peftflow.store import paths as store_paths
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
-from peftflow.spec.training_profile import PeftMethod, Profile
+from peftflow.train.training_profile import PeftMethod, Profile
 
 if TYPE_CHECKING:
     import torch

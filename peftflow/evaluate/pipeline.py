@@ -14,11 +14,11 @@ from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.evaluate import chart, merge, scoring, suites, verdict
 from peftflow.evaluate.suites import Documents
 from peftflow.progress import Progress, Rate
-from peftflow.spec import training_profile as profile_mod
-from peftflow.spec.training_profile import PeftMethod
 from peftflow.store import atomic, schemas
 from peftflow.store import status_record as status
 from peftflow.store.hashing import sha256_file
+from peftflow.train import training_profile as profile_mod
+from peftflow.train.training_profile import PeftMethod
 
 METRICS, VERDICT, CHART = "metrics.json", "verdict.json", "eval_chart.png"
 OUTPUT_FILES = (METRICS, VERDICT, CHART)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from peftflow import __version__, settings
 from peftflow.errors import IntegrityError, MissingInputError, PeftflowError
 from peftflow.release import registry
-from peftflow.spec.training_profile import Profile
 from peftflow.store import atomic, schemas
 from peftflow.store.hashing import sha256_file
 from peftflow.store.status_record import FileRef, utc_now
+from peftflow.train.training_profile import Profile
 
 if TYPE_CHECKING:
     from peftflow.release.gate import GateDecision

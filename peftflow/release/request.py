@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftflow.spec.training_profile import Profile
+from peftflow.train.training_profile import Profile
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import Any
 from peftflow import settings
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError
 from peftflow.run.runinfo import RunInfo
-from peftflow.spec import training_profile as profile
 from peftflow.spec.model import Spec, SpecKind
 from peftflow.store import paths
 from peftflow.store.hashing import cached_sha256
 from peftflow.store.status_record import FileRef
+from peftflow.train import training_profile as profile
 
 
 def effective_profile_path(spec: Spec, run: RunInfo) -> str:

@@ -1,6 +1,6 @@
 """Which process group runs a stage's folder, so that a retry never runs beside an orphan.
 
-A stage runs in its own session (subproc.Child), so when the process that watches it dies
+A stage runs in its own session (child.Child), so when the process that watches it dies
 (task runner killed, worker or scheduler lost) the stage goes on. Airflow then retries the
 task into the same folder, and two trainings would share the GPU and the output files. The
 lease file names the running group; the next try stops that group before it starts its own.
@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftflow.child import stop_group
 from peftflow.store import atomic
 
 LEASE_FILE = ".stage.lease.json"
-POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,21 +73,11 @@ def _alive(lease: Lease) -> bool:
 def reclaim(out_dir: Path, grace_s: float) -> Lease | None:
     """Stop the group an earlier try left running in `out_dir`; the lease it had, or None.
 
-    SIGTERM first (stages remove their temp files on it), SIGKILL after `grace_s`."""
+    With the one stop policy (child.stop_group): SIGTERM first (stages remove their temp files
+    on it), SIGKILL after `grace_s`. Alive means the leader with the recorded start time."""
     lease = _read(out_dir)
     clear(out_dir)
     if lease is None or not _alive(lease):
         return None
-    _signal_group(lease.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _alive(lease) and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-    _signal_group(lease.pid, signal.SIGKILL)  # the leader, or anything it left in its group
-    while _alive(lease) and time.monotonic() < deadline + grace_s:
-        time.sleep(POLL_S)
+    stop_group(lease.pid, grace_s, alive=lambda: _alive(lease))
     return lease
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

@@ -102,6 +102,8 @@ def record(doc: dict[str, Any], status_path: Path, key: str, reused: bool) -> di
         "reused": reused,
         # the run that computed a reused result (shown in the run summary and the task log)
         "reused_from": doc.get("_run_id") if reused else None,
+        # a GPU stage's lease (host, device ids): the next GPU stage prefers the same cards
+        **({"devices": doc["devices"]} if doc.get("devices") else {}),
     }
 
 

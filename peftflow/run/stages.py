@@ -21,8 +21,8 @@ from peftflow.errors import ConfigError, IntegrityError
 from peftflow.run.inputs import base_model, effective_manifest_path, ref, upstream_outputs
 from peftflow.run.runinfo import RunInfo
 from peftflow.spec.model import GPU_POOL, Spec, Stage
-from peftflow.spec.training_profile import Profile
 from peftflow.store.status_record import FileRef
+from peftflow.train.training_profile import Profile
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,24 @@ class StageDef:
     script: str  # file name under the scripts folder (PEFTFLOW_SCRIPTS_DIR)
     outputs: tuple[str, ...]  # outputs status.json must list for the task to succeed
     args: Callable[[StageContext], StageArgs]
-    gpu: bool = False  # runs in pool `gpu`
+    # A GPU stage: the profile's runtime key that says how many GPUs it leases ("devices",
+    # "eval_devices"); it runs in pool `gpu` and takes that many slots. None: no GPU.
+    devices: str | None = None
     per_run: bool = False  # its cache key names the run: an earlier run never stands in
     after_gate: bool = False  # runs only after the release gate passed (reads its decision)
     reads_baseline: bool = False  # is handed the current release's metrics.json, if any
 
     @property
+    def gpu(self) -> bool:
+        return self.devices is not None
+
+    @property
     def pool(self) -> str | None:
         return GPU_POOL if self.gpu else None
+
+    def pool_slots(self, spec: Spec) -> int:
+        """Pool slots of its task: the most devices any profile the spec allows asks for."""
+        return spec.max_devices.get(self.devices, 1) if self.devices else 1
 
 
 def _prepare(ctx: StageContext) -> StageArgs:
@@ -169,9 +179,10 @@ def gpu_names() -> frozenset[str]:
 
 for _definition in (
     StageDef(Stage.PREPARE.value, "prepare_dataset.sh", ("bin", "idx", "quality"), _prepare),
-    StageDef(Stage.TRAIN.value, "train_adapter.sh", ("adapter", "loss_data"), _train, gpu=True),
+    StageDef(Stage.TRAIN.value, "train_adapter.sh", ("adapter", "loss_data"), _train,
+             devices="devices"),
     StageDef(Stage.EVALUATE.value, "evaluate_adapter.sh", ("metrics", "verdict"), _evaluate,
-             gpu=True, reads_baseline=True),
+             devices="eval_devices", reads_baseline=True),
     StageDef(Stage.RELEASE.value, "release_adapter.sh", ("release_manifest",), _release,
              per_run=True, after_gate=True),
 ):

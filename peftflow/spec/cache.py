@@ -33,7 +33,8 @@ def _stat(path: Path) -> list[int] | None:
 def _global_deps() -> list[Path]:
     s = settings.get()
     package = Path(__file__).resolve().parents[1]
-    return [s.orchestration_config, *sorted(s.schemas_dir.glob("*.schema.json")),
+    return [s.orchestration_config, s.devices_config,
+            *sorted(s.schemas_dir.glob("*.schema.json")),
             *sorted(p for p in package.rglob("*") if p.suffix in CODE_SUFFIXES)]
 
 

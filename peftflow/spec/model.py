@@ -22,6 +22,13 @@ class Stage(enum.StrEnum):
 
 
 GPU_POOL = "gpu"
+# Facts validation derives from the files a spec references (not written by the user: the
+# schema refuses unknown keys), kept with the spec's data so a cached spec has them too.
+DERIVED_KEY = "__derived__"
+DEVICE_KEYS = ("devices", "eval_devices")  # the profile's runtime keys that count GPUs
+# Fixed, so a cron DAG never backfills from "now - something"; validation counts the backlog
+# from it and the expansion writes it into every DAG.
+START_DATE = "2026-01-01"
 
 
 class SpecKind(enum.StrEnum):
@@ -96,6 +103,9 @@ class Spec:
     profile_paths: dict[str, Path] = field(default_factory=dict)
     manifest_paths: dict[str, Path] = field(default_factory=dict)
     suite_paths: tuple[Path, ...] = ()
+    # The most GPUs any allowed profile asks for, per runtime key ("devices" for training,
+    # "eval_devices" for evaluation): a GPU task's pool slots, fixed when the DAG is parsed.
+    max_devices: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retry_policy(self, stage: str) -> RetryPolicy:
@@ -167,4 +177,5 @@ def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
         manifest_paths={ref: resolve_ref(ref) for ref in (
             data["dataset"]["manifest"], *trigger.get("allowed_manifests", []))},
         suite_paths=tuple(resolve_ref(ref) for ref in data["eval_suites"]),
+        max_devices=dict(data.get(DERIVED_KEY, {}).get("max_devices", {})),
     )

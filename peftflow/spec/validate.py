@@ -8,7 +8,6 @@ specs validate on any machine.
 
 from __future__ import annotations
 
-import datetime as dt
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,9 +16,10 @@ from typing import Any
 
 from peftflow import settings
 from peftflow.errors import PeftflowError, Problem, SpecError
-from peftflow.spec import expand, orchestration
+from peftflow.spec import cron as cron_rules
+from peftflow.spec import inventory as inventory_mod
 from peftflow.spec import model as spec
-from peftflow.spec import training_profile as profile
+from peftflow.spec import orchestration
 from peftflow.spec.cache import SpecCache
 from peftflow.store import schemas, yamlmarks
 from peftflow.store.hashing import sha256_bytes
@@ -29,14 +29,13 @@ from peftflow.store.paths import (  # the path rules every reader shares
     inside_allowed_roots,
     resolve_ref,
 )
+from peftflow.train import training_profile as profile
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 FREE_TEXT = frozenset({"$.description"})  # may span lines
 RESERVED_PREFIXES = ("invalid_spec__",)  # the loader's placeholder DAGs
 RESERVED_IDS = frozenset({"peftflow_not_loaded"})
 MAX_PROBLEMS = 50  # per file
-CRON_HORIZON_DAYS = 400  # a schedule that fires less than about yearly is a typo
-MAX_CATCHUP_RUNS = 100  # one GPU: a larger backlog would queue for days
 # Building one DAG costs about 25 ms here (200 specs: 5-6 s), and Airflow drops every DAG of
 # the file past its 30 s import timeout: 300 specs stay well inside it on a 2-core box.
 MAX_SPEC_FILES = 300
@@ -50,6 +49,7 @@ class _Context:
     suites: dict[Path, str | SpecError] = field(default_factory=dict)
     manifests: dict[Path, dict[str, Any] | SpecError | str] = field(default_factory=dict)
     active: orchestration.OrchestrationProfile | None = None
+    inventory: inventory_mod.Inventory | Exception = field(default_factory=lambda: _inventory())
 
 
 class _Checker:
@@ -58,6 +58,7 @@ class _Checker:
         self.data: dict[str, Any] = marked.data
         self.problems: list[Problem] = []
         self.deps: set[Path] = set()  # files whose change can change the verdict
+        self.profiles: list[tuple[str, profile.Profile]] = []  # (YAML path, loaded profile)
 
     def add(self, path: str, message: str) -> None:
         line, col = self.marked.locate(path)
@@ -98,6 +99,7 @@ class _Checker:
         step(self._schedule)
         step(self._retries)
         step(self._consistency, prof, manifest)
+        step(self._devices)
         step(self._orchestration)
 
     def _text(self) -> None:
@@ -152,6 +154,7 @@ class _Checker:
             self.add(path, f"the training profile has {len(cached.problems)} problem(s), "
                      "listed with its own file name; fix them there")
             return None
+        self.profiles.append((path, cached))
         return cached
 
     def _manifest(self, path: str, resolved: Path) -> dict[str, Any] | None:
@@ -215,21 +218,21 @@ class _Checker:
         if sched["enabled"] and not cron:
             self.add("$.schedule", "schedule.enabled is true but no cron is given; add e.g. "
                      "cron: '0 3 * * 1', or set enabled: false for manual runs only")
-        if cron and not _cron_ok(cron):
+        if cron and not cron_rules.is_valid(cron):
             self.add("$.schedule.cron", f"{cron!r} is not a valid cron expression; use five "
                      "fields 'minute hour day-of-month month day-of-week', e.g. '0 3 * * 1', "
                      "or a preset (@hourly, @daily, @weekly, @monthly, @yearly)")
-        elif cron and _fires_within(cron, CRON_HORIZON_DAYS) is None:
+        elif cron and cron_rules.fires_within(cron, cron_rules.HORIZON_DAYS) is None:
             self.add("$.schedule.cron", f"{cron!r} never fires (or less than once in "
-                     f"{CRON_HORIZON_DAYS} days), e.g. a day that no month has; fix the day "
+                     f"{cron_rules.HORIZON_DAYS} days), e.g. a day that no month has; fix the day "
                      "and month fields")
         elif cron and sched["enabled"] and sched.get("catchup"):
-            backlog = _runs_since(cron, expand.START_DATE, MAX_CATCHUP_RUNS + 1)
-            if backlog > MAX_CATCHUP_RUNS:
+            backlog = cron_rules.runs_since(cron, spec.START_DATE, cron_rules.MAX_CATCHUP_RUNS + 1)
+            if backlog > cron_rules.MAX_CATCHUP_RUNS:
                 self.add("$.schedule.catchup", f"catchup: true would create more than "
-                         f"{MAX_CATCHUP_RUNS} runs at once (every {cron!r} since the DAG's "
-                         f"start date {expand.START_DATE}); set catchup: false and backfill "
-                         "the range you need with `airflow backfill create`")
+                         f"{cron_rules.MAX_CATCHUP_RUNS} runs at once (every {cron!r} since "
+                         f"the DAG's start date {spec.START_DATE}); set catchup: false and "
+                         "backfill the range you need with `airflow backfill create`")
         tz = sched.get("timezone", "UTC")
         try:
             zoneinfo.ZoneInfo(tz)
@@ -266,6 +269,27 @@ class _Checker:
                 self.add("$.dataset.name", f"{name!r} differs from the manifest's dataset name "
                          f"{manifest.get('name')!r}; use the same name")
 
+    def max_devices(self) -> dict[str, int]:
+        return {key: max((getattr(p.runtime, key) for _, p in self.profiles), default=1)
+                for key in spec.DEVICE_KEYS}
+
+    def _devices(self) -> None:
+        """No profile may ask for more GPUs than this host's inventory lists: its task would
+        take more pool slots than exist and never be scheduled. An unreadable inventory is
+        `peftflow doctor`'s to report (and the stage's, when it leases)."""
+        inventory = self.ctx.inventory
+        if isinstance(inventory, Exception):
+            return
+        for path, prof in self.profiles:
+            for key in spec.DEVICE_KEYS:
+                wanted = getattr(prof.runtime, key)
+                if wanted > len(inventory):
+                    self.add(path, f"profile {display_path(prof.path)} asks for runtime.{key}: "
+                             f"{wanted}, but the GPU inventory ({display_path(inventory.path)}) "
+                             f"lists {len(inventory)} device(s): {', '.join(inventory.ids)}; add "
+                             "the devices there and rerun ./setup_airflow.sh (it resizes pool "
+                             f"gpu), or lower runtime.{key}")
+
     def _orchestration(self) -> None:
         wanted = self.data["orchestration_profile"]
         if self.ctx.active is not None and wanted != self.ctx.active.value:
@@ -273,15 +297,6 @@ class _Checker:
                      f"orchestration profile is {self.ctx.active.value!r} (configs/orchestration"
                      ".yaml); only one profile may run training: move the spec out of dag_specs/"
                      " or switch with `./setup_airflow.sh --switch-profile`")
-
-
-def _cron_ok(expr: str) -> bool:
-    from croniter import croniter  # Airflow's own cron parser
-
-    if expr.startswith("@"):
-        return expr in {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually",
-                        "@midnight"}
-    return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | SpecError | str:
@@ -299,34 +314,6 @@ def _read_manifest(path: Path) -> dict[str, Any] | SpecError | str:
             "files": [{"records": entry.records} for entry in loaded.files]}
 
 
-def _fires_within(expr: str, days: int) -> dt.datetime | None:
-    """The next fire time within `days` from now, or None (never, or too rarely)."""
-    from croniter import CroniterBadDateError, croniter
-
-    now = dt.datetime.now(dt.UTC)
-    try:
-        nxt = croniter(expr, now, max_years_between_matches=1 + days // 365).get_next(
-            dt.datetime)
-    except (CroniterBadDateError, ValueError, KeyError):
-        return None
-    return nxt if nxt - now <= dt.timedelta(days=days) else None
-
-
-def _runs_since(expr: str, start: str, stop_at: int) -> int:
-    """How many times `expr` fired from `start` until now, counting at most `stop_at`."""
-    from croniter import CroniterBadDateError, croniter
-
-    now = dt.datetime.now(dt.UTC)
-    it = croniter(expr, dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC))
-    count = 0
-    try:
-        while count < stop_at and it.get_next(dt.datetime) <= now:
-            count += 1
-    except CroniterBadDateError:
-        pass  # no further fire time: the count so far is the backlog
-    return count
-
-
 def _suite_kind(path: Path) -> str | SpecError:
     shown = display_path(path)
     try:
@@ -338,6 +325,13 @@ def _suite_kind(path: Path) -> str | SpecError:
             raise SpecError([Problem(shown, 1, 1, "$.kind", "kind must be domain or retention")])
         return str(marked.data["kind"])
     except SpecError as exc:
+        return exc
+
+
+def _inventory() -> inventory_mod.Inventory | Exception:
+    try:
+        return inventory_mod.load()
+    except (PeftflowError, OSError) as exc:
         return exc
 
 
@@ -380,9 +374,10 @@ def load_spec(path: Path, ctx: _Context | None = None,
                                                 "problem(s) of this file not shown")]
     if found:
         raise SpecError(found)
+    data = {**marked.data, spec.DERIVED_KEY: {"max_devices": checker.max_devices()}}
     if cache is not None:
-        cache.put(path, digest, checker.deps, marked.data)
-    return spec.from_data(marked.data, path.resolve(), digest)
+        cache.put(path, digest, checker.deps, data)
+    return spec.from_data(data, path.resolve(), digest)
 
 
 def _related(a: str, b: str) -> bool:

@@ -20,8 +20,10 @@ from pathlib import Path
 from peftflow import entry
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.evaluate import pipeline, verdict
+from peftflow.run import device_lease
 from peftflow.store import atomic
 from peftflow.store import status_record as status
+from peftflow.train import training_profile
 
 STAGE = "evaluate_adapter"
 
@@ -109,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         req = _request(args)
         if req.write_merged is not None and not req.write_merged.exists():
             new_merged = req.write_merged
-        doc = pipeline.evaluate(req, rec)
+        with device_lease.for_stage(STAGE, _eval_devices(req.profile)) as lease:
+            rec.devices = lease.record()
+            doc = pipeline.evaluate(req, rec)
     except (Exception, KeyboardInterrupt, entry.Interrupted) as exc:
         _fail(rec, out, new_merged, _failure(exc), int(entry.recorded_code(exc)))
         raise
@@ -121,6 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({values['relative_change']:+.2%})", flush=True)
     print(f"eval throughput: {rec.metrics['tokens_per_s']} tokens/s", file=sys.stderr, flush=True)
     return 0
+
+
+def _eval_devices(profile_path: Path) -> int:
+    """How many GPUs to lease: the profile's runtime.eval_devices (a missing profile is
+    reported by the evaluation's own input checks, with the same lease as the default)."""
+    if not profile_path.is_file():
+        return 1
+    return training_profile.load(profile_path).runtime.eval_devices
 
 
 def _failure(exc: BaseException) -> str:

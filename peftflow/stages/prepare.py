@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _limits(path: str | None) -> tuple[ProfileLimits | None, Any]:
     if not path:
         return None, None
-    from peftflow.spec import training_profile as profile
+    from peftflow.train import training_profile as profile
 
     prof = profile.load(path)
     return ProfileLimits(prof.name, prof.model.ctx_len, prof.training.epoch_steps,

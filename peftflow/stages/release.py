@@ -14,8 +14,8 @@ from pathlib import Path
 from peftflow import entry
 from peftflow.errors import ConfigError, GateBlocked, PeftflowError
 from peftflow.release import publish
-from peftflow.spec import training_profile as profiles
 from peftflow.store.status_record import StageRecorder
+from peftflow.train import training_profile as profiles
 
 STAGE = "release_adapter"
 

@@ -35,14 +35,15 @@ from pathlib import Path
 
 from peftflow import entry
 from peftflow.errors import ConfigError, IntegrityError, MissingInputError, PeftflowError
-from peftflow.spec import training_profile as profile
-from peftflow.spec.training_profile import Backend, Profile
+from peftflow.run import device_lease
 from peftflow.store import atomic
 from peftflow.store import status_record as status
 from peftflow.train import checkpoints, data, rwkv_peft
 from peftflow.train import resume as resume_mod
+from peftflow.train import training_profile as profile
 from peftflow.train.backends import run_cpu, run_rwkv_peft
 from peftflow.train.summary import finalize
+from peftflow.train.training_profile import Backend, Profile
 
 STAGE = "train_adapter"
 RUN_RECORD = "train_run.json"
@@ -143,8 +144,12 @@ def train(prof: Profile, prefix: Path, out: Path, resume: bool,
     if last:
         print(f"[{STAGE}] resuming after {last[1].name} (epoch {last[0]})", file=sys.stderr)
     runner = run_cpu if prof.backend is Backend.CPU_REFERENCE else run_rwkv_peft
-    timing = runner(prof, prefix, out, last)
-    finalize(prof, out, rec, timing, resumed_from=last[0] if last else None)
+    # The GPUs are leased only now: a run with a missing input fails at once, without
+    # waiting for a card first.
+    with device_lease.for_stage(STAGE, prof.runtime.devices) as lease:
+        rec.devices = lease.record()
+        timing = runner(prof, prefix, out, last)
+        finalize(prof, out, rec, timing, resumed_from=last[0] if last else None)
     print(out / status.STATUS_FILE)
     return 0
 

@@ -78,6 +78,7 @@ class StageRecorder:
     outputs: list[FileRef] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=tool_versions)
+    devices: dict[str, Any] | None = None  # a GPU stage's lease: host, ids, acquired_at
 
     def add_input(self, name: str, path: str | Path) -> FileRef:
         ref = FileRef.of(name, path)
@@ -105,6 +106,8 @@ class StageRecorder:
         }
         if message:
             doc["message"] = message
+        if self.devices is not None:
+            doc["devices"] = self.devices
         return doc
 
     def write(self, status: str, message: str = "", exit_code: int = 0) -> Path:

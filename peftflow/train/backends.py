@@ -10,8 +10,8 @@ from typing import Any
 
 from peftflow.errors import ConfigError, PeftflowError
 from peftflow.progress import Rate
-from peftflow.spec.training_profile import PeftMethod, Profile
 from peftflow.train import checkpoints, data, plots, resume, rwkv_peft
+from peftflow.train.training_profile import PeftMethod, Profile
 
 STAGE = "train_adapter"
 

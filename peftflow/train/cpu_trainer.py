@@ -21,10 +21,10 @@ from typing import Any
 
 from peftflow.errors import ConfigError
 from peftflow.progress import Progress, Rate
-from peftflow.spec.training_profile import Profile
 from peftflow.store import atomic
 from peftflow.train import checkpoints
 from peftflow.train.data import BinIdx, check_enough
+from peftflow.train.training_profile import Profile
 
 
 def lr_at(step: int, total: int, t: Any) -> float:

@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from peftflow.spec.training_profile import PeftMethod, Profile
 from peftflow.store import atomic
 from peftflow.train import checkpoints
 from peftflow.train.rwkv_peft import Plan
+from peftflow.train.training_profile import PeftMethod, Profile
 
 INIT_PISSA = "init_pissa.pth"
 INIT_PISSA_SAVED = "init_pissa.saved.pth"

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from peftflow import settings
+from peftflow.child import CHILD_GRACE_S, Child
 from peftflow.errors import ConfigError, MissingInputError, PeftflowError, ResourceError
 from peftflow.exitcodes import classify
-from peftflow.run.child import CHILD_GRACE_S, Child
-from peftflow.spec.training_profile import PeftMethod, Profile
 from peftflow.store import yamlmarks
+from peftflow.train.training_profile import PeftMethod, Profile
 
 SUPPORTED_COMMIT = "5b8aac9"  # the CLI this builder emits; newer forks take --peft_config
 

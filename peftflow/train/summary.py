@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from peftflow.errors import IntegrityError, PeftflowError
-from peftflow.spec.training_profile import PeftMethod, Profile
 from peftflow.store import status_record as status
 from peftflow.train import checkpoints, plots, resume
+from peftflow.train.training_profile import PeftMethod, Profile
 
 
 def loss_window(steps: int) -> int:

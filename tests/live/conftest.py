@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the harness modules beside thi
 
 import live_postgres
 import live_scenarios
-from live_harness import ROOT, Live, copy_project_files, free_port, service_env
+from live_harness import Live, copy_project_files, free_port, service_env
 
 HERE = Path(__file__).parent
 MEASUREMENTS: list[dict[str, Any]] = []
@@ -42,9 +42,13 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Live tests last (keeping pytest's grouping by deployment), never between others."""
+    """Live tests last (keeping pytest's grouping by deployment), never between others. The
+    multi-GPU suite goes first among them: it measures makespans, so no other deployment may
+    be up beside it (the session deployments start at their first test)."""
     live = [i for i in items if i.get_closest_marker("live")]
-    items[:] = [i for i in items if not i.get_closest_marker("live")] + live
+    gpus = [i for i in live if i.get_closest_marker("gpus")]
+    items[:] = ([i for i in items if not i.get_closest_marker("live")] + gpus
+                + [i for i in live if not i.get_closest_marker("gpus")])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -94,12 +98,13 @@ def _start(live: Live, patch: pytest.MonkeyPatch) -> None:
     if live.cluster is not None:
         _timed(live, "postgres_start", live.cluster.start)
     copy_project_files(live.root)
-    live.dag_ids = live_scenarios.write_all(live.root, live.kind)
+    live.dag_ids = (live_scenarios.write_gpus(live.root) if live.kind == GPUS_KIND
+                    else live_scenarios.write_all(live.root, live.kind))
     _activate(live, patch)
     db = ["--db", live.cluster.url] if live.cluster else []
     _timed(live, "configure", lambda: live.peftflow("services", "configure", *db))
     _timed(live, "db_migrate", lambda: live.airflow("db", "migrate", timeout=600))
-    live.airflow("pools", "import", str(ROOT / "configs" / "pools.json"))
+    live.peftflow("devices", "sync-pool")  # as setup_airflow.sh: one slot per device
     _timed(live, "reserialize", lambda: live.airflow("dags", "reserialize", timeout=300))
     # what setup_airflow.sh does last: each DAG paused or not as its spec says
     live.peftflow("services", "pause-policy")
@@ -138,13 +143,31 @@ def _stop(live: Live) -> None:
 def deployment(request: pytest.FixtureRequest, smoke_base_model: Path,
                measure: Callable[..., None]) -> Iterator[Live]:
     """A started deployment; the sqlite-only modules parametrize it indirectly."""
-    kind = str(request.param)
+    yield from _deployment(str(request.param), measure)
+
+
+@pytest.fixture(scope="module")
+def gpu_deployment(smoke_base_model: Path, measure: Callable[..., None]) -> Iterator[Live]:
+    """SQLite, an inventory of two fake GPUs (pool gpu: 2 slots) and 4 LocalExecutor workers,
+    so two GPU stages and the CPU stages of other runs can run at once. Module-scoped: it is
+    down again before the other deployments start."""
+    yield from _deployment(GPUS_KIND, measure)
+
+
+GPUS_KIND = "sqlite-gpus"
+
+
+def _deployment(kind: str, measure: Callable[..., None]) -> Iterator[Live]:
     if kind == "postgresql" and (why := live_postgres.missing_binaries()):
         pytest.skip(why)
     root = Path(tempfile.mkdtemp(prefix=f"peftflow-live-{kind}-"))
     api_port, log_port, pg_port = free_port(), free_port(), free_port()
     scripts = root / "scripts" if kind == "sqlite" else None
-    live = Live(kind, root, service_env(root, api_port, log_port, scripts))
+    env = service_env(root, api_port, log_port, scripts)
+    if kind == GPUS_KIND:
+        env.update({"PEFTFLOW_DEVICES_CONFIG": str(root / "devices.yaml"),
+                    "PEFTFLOW_PARALLELISM": "4"})
+    live = Live(kind, root, env)
     if kind == "postgresql":
         live.cluster = live_postgres.new_cluster(root / "pg", pg_port)
     patch = pytest.MonkeyPatch()

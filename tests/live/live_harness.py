@@ -45,6 +45,7 @@ def service_env(root: Path, api_port: int, log_port: int, scripts: Path | None) 
         "PEFTFLOW_ARTIFACT_ROOT": str(root / "artifacts"),
         "PEFTFLOW_RELEASES_ROOT": str(root / "releases"),
         "PEFTFLOW_AUDIT_LOG": str(root / "audit" / "audit.jsonl"),
+        "PEFTFLOW_DEVICE_LOCK_DIR": str(root / "device-locks"),
         "PEFTFLOW_ALLOWED_ROOTS": str(root),
         "PEFTFLOW_PYTHON": sys.executable,
         "PEFTFLOW_PARALLELISM": "2",

@@ -45,6 +45,9 @@ RETRAIN_DATASET = "live-docs"
 # The pause policy (spec start_paused, default paused only for cron DAGs) leaves exactly this
 # DAG paused; unpausing a cron DAG with catchup off starts its latest run at once, so the
 # backfill test unpauses it itself.
+GPUS = "live_gpus"  # the 2-device deployment (write_gpus): 1-device runs
+GPUS_PAIR = "live_gpus_pair"  # ... and a profile with runtime.devices: 2
+FAKE_DEVICES = ("0", "1")
 PAUSED_AT_START = (BACKFILL,)
 
 
@@ -159,6 +162,22 @@ def write_all(root: Path, kind: str) -> list[str]:
         _write(specs, doc)
         built.append(doc["dag_id"])
     return built
+
+
+def write_gpus(root: Path) -> list[str]:
+    """The multi-GPU deployment: an inventory of two fake devices (the CPU trainer needs no
+    GPU; the lease and the environment are what is tested), a DAG of 1-device runs and one
+    whose profile trains on both devices."""
+    (root / "devices.yaml").write_text("devices:\n" + "".join(
+        f'  - {{id: "{d}"}}\n' for d in FAKE_DEVICES))
+    pair = yaml.safe_load((ROOT / TINY).read_text())
+    pair["name"] = "live-pair-cpu"
+    pair["runtime"]["devices"] = 2
+    (root / "pair_profile.yaml").write_text(yaml.safe_dump(pair))
+    specs = root / "project" / "dag_specs"
+    _write(specs, _spec(GPUS, max_active_runs=8))
+    _write(specs, _spec(GPUS_PAIR, profile=str(root / "pair_profile.yaml")))
+    return [GPUS, GPUS_PAIR]
 
 
 def write_rejected(root: Path) -> list[Path]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from peftflow.run import stages
-from peftflow.spec.model import Spec, SpecKind
+from peftflow.spec.model import START_DATE, Spec, SpecKind
 
 STAGE_OPERATOR = "operators.stage.StageOperator"
 GATE_OPERATOR = "operators.gate.ReleaseGateOperator"
 SUMMARY_OPERATOR = "operators.summary.RunSummaryOperator"
 GATE_TASK = "release_gate"
 SUMMARY_TASK = "run_summary"
-START_DATE = "2026-01-01"  # fixed, so a cron DAG never backfills from "now - something"
 DATASET_ASSET_SCHEME = "peftflow-dataset"
 
 
@@ -94,7 +93,7 @@ def _task(spec: Spec, stage: stages.StageDef, upstream: str | None) -> dict[str,
     }
     if stage.pool:
         task["pool"] = stage.pool
-        task["pool_slots"] = 1
+        task["pool_slots"] = stage.pool_slots(spec)
     if stage.name in spec.timeouts:
         task["execution_timeout"] = _seconds(spec.timeouts[stage.name])
     if upstream:

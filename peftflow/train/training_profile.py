@@ -106,7 +106,8 @@ class TrainingConfig:
 class RuntimeConfig:
     precision: str = "bf16"
     strategy: str = "deepspeed_stage_1"
-    devices: int = 1
+    devices: int = 1  # train_adapter's devices (leased, and its pool slots)
+    eval_devices: int = 1  # evaluate_adapter's
     op: str = "cuda"
     eval_strategy: str = "cpu fp32"
     threads: int = 0

@@ -34,6 +34,20 @@ KILL_WAIT_S = 5.0  # after SIGKILL: how long to wait for the kernel to take the 
 DRAIN_S = 10.0  # after the child exits: how long to read output its leftovers still hold open
 
 
+# File descriptors every child of this process keeps open: the device locks of a GPU stage
+# (run/device_lease.py). A lock lives as long as any process holds its descriptor, so a child
+# that outlives the stage (train.py after a kill -9 of the stage alone) still holds its GPUs.
+_KEPT_FDS: set[int] = set()
+
+
+def keep_open(fd: int) -> None:
+    _KEPT_FDS.add(fd)
+
+
+def forget(fd: int) -> None:
+    _KEPT_FDS.discard(fd)
+
+
 @dataclass(frozen=True)
 class Finished:
     returncode: int
@@ -115,7 +129,7 @@ class Child:
             list(argv), env=None if env is None else dict(env), cwd=cwd,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=own_group, text=True, encoding="utf-8", errors="replace",
-            bufsize=1,
+            bufsize=1, pass_fds=tuple(sorted(_KEPT_FDS)),
         )
         self._lock = threading.Lock()
 
