@@ -76,58 +76,68 @@ def trigger_all(live: Live, dags: list[str]) -> list[tuple[str, str]]:
     return list(zip(dags, run_ids, strict=True))
 
 
-def test_four_runs_keep_both_devices_busy_and_no_device_ever_has_two_holders(
-        gpu_deployment: Live, measure: Callable[..., None]) -> None:
+@dataclass(frozen=True)
+class Wave:
+    """Four 1-device runs and one 2-device run, triggered at once, all finished."""
+
+    runs: list[tuple[str, str]]
+    found: list[Hold]
+    makespan: float
+
+
+@pytest.fixture(scope="module")
+def wave(gpu_deployment: Live) -> Wave:
     live = gpu_deployment
     t0 = time.time()
-    runs = trigger_all(live, [GPUS] * 4)
+    runs = trigger_all(live, [GPUS, GPUS, GPUS_PAIR, GPUS, GPUS])
     for dag_id, run_id in runs:
         live.wait_for(dag_id, run_id, "success", timeout=900 - (time.time() - t0))
     makespan = time.time() - t0
-    found = [h for h in holds(live) if h.start >= t0]
-    ours = {run_id for _, run_id in runs}
-    assert {h.run_id for h in found} == ours
-    assert len(found) == 8  # train + evaluate of 4 runs, one device each
-    for a in found:
-        for b in found:
+    return Wave(runs, [h for h in holds(live) if h.start >= t0], makespan)
+
+
+def test_every_run_succeeds_and_no_device_ever_has_two_holders(wave: Wave) -> None:
+    assert {h.run_id for h in wave.found} == {run_id for _, run_id in wave.runs}
+    # train + evaluate of every run; the 2-device training holds both devices
+    assert len(wave.found) == 2 * len(wave.runs) + 1
+    for a in wave.found:
+        for b in wave.found:
             if a is not b and a.device == b.device:
                 assert not overlaps(a, b), f"device {a.device} held twice: {a} {b}"
+
+
+def test_both_devices_are_busy_together_for_most_of_the_gpu_phase(
+        wave: Wave, gpu_deployment: Live, measure: Callable[..., None]) -> None:
+    live, found = gpu_deployment, wave.found
     window = max(h.end for h in found) - min(h.start for h in found)
     both = time_with_at_least(found, 2)
-    any_held = time_with_at_least(found, 1)
     assert {h.device for h in found} == set(FAKE_DEVICES)
-    assert both / window > 0.5, (both, window)  # both cards busy most of the GPU phase
-    # Every run released; each GPU stage's status.json names the card it had.
-    for dag_id, run_id in runs:
-        train = live.stage_status(dag_id, run_id, "train_adapter")["devices"]
-        evaluate = live.stage_status(dag_id, run_id, "evaluate_adapter")["devices"]
-        assert train["ids"][0] in FAKE_DEVICES and evaluate["ids"][0] in FAKE_DEVICES
+    assert both / window > 0.5, (both, window)
+    singles = [(d, r) for d, r in wave.runs if d == GPUS]
+    for dag_id, run_id in singles:  # each GPU stage's status.json names the card it had
+        for stage in ("train_adapter", "evaluate_adapter"):
+            assert live.stage_status(dag_id, run_id, stage)["devices"]["ids"][0] in FAKE_DEVICES
     local = sum(live.stage_status(d, r, "train_adapter")["devices"]["ids"]
-                == live.stage_status(d, r, "evaluate_adapter")["devices"]["ids"] for d, r in runs)
+                == live.stage_status(d, r, "evaluate_adapter")["devices"]["ids"]
+                for d, r in singles)
     busy = {d: sum(h.end - h.start for h in found if h.device == d) for d in FAKE_DEVICES}
-    idle_gaps = {d: round(window - busy[d], 1) for d in FAKE_DEVICES}
-    measure("gpus: 4 runs on 2 devices", live.kind, runs=4, makespan_s=round(makespan, 1),
+    measure("gpus: 4 one-device runs + 1 two-device run at once, 2 devices", live.kind,
+            runs=len(wave.runs), makespan_s=round(wave.makespan, 1),
             gpu_window_s=round(window, 1), both_devices_busy_s=round(both, 1),
             both_busy_fraction_of_gpu_window=round(both / window, 3),
-            both_busy_fraction_of_makespan=round(both / makespan, 3),
-            any_device_busy_s=round(any_held, 1), idle_per_device_s=idle_gaps,
-            eval_on_training_device=f"{local}/4")
+            both_busy_fraction_of_makespan=round(both / wave.makespan, 3),
+            idle_per_device_s={d: round(window - busy[d], 1) for d in FAKE_DEVICES},
+            eval_on_training_device=f"{local}/{len(singles)}")
 
 
-def test_a_two_device_training_runs_only_while_both_devices_are_free(
-        gpu_deployment: Live, measure: Callable[..., None]) -> None:
+def test_the_two_device_training_runs_only_while_both_devices_are_free(
+        wave: Wave, gpu_deployment: Live, measure: Callable[..., None]) -> None:
     live = gpu_deployment
-    t0 = time.time()
-    runs = trigger_all(live, [GPUS, GPUS_PAIR, GPUS])
-    for dag_id, run_id in runs:
-        live.wait_for(dag_id, run_id, "success", timeout=900 - (time.time() - t0))
-    found = [h for h in holds(live) if h.start >= t0]
-    pair_run = next(r for d, r in runs if d == GPUS_PAIR)
-    pair = [h for h in found if h.run_id == pair_run and h.stage == "train_adapter"]
+    pair_run = next(r for d, r in wave.runs if d == GPUS_PAIR)
+    pair = [h for h in wave.found if h.run_id == pair_run and h.stage == "train_adapter"]
     assert sorted(h.device for h in pair) == sorted(FAKE_DEVICES)
     assert all(h.ids == FAKE_DEVICES for h in pair)
-    others = [h for h in found if h.run_id != pair_run or h.stage != "train_adapter"]
-    assert others, "the other runs held no device"
+    others = [h for h in wave.found if h.run_id != pair_run or h.stage != "train_adapter"]
     for h in pair:
         for other in others:
             assert not overlaps(h, other), f"{other} ran beside the 2-device training {h}"
@@ -135,13 +145,13 @@ def test_a_two_device_training_runs_only_while_both_devices_are_free(
     assert ti["pool"] == "gpu" and ti["pool_slots"] == 2, ti
     status = live.stage_status(GPUS_PAIR, pair_run, "train_adapter")
     assert status["devices"]["ids"] == list(FAKE_DEVICES)
-    measure("gpus: a 2-device training beside 1-device runs", live.kind,
+    measure("gpus: the 2-device training", live.kind,
             pair_train_s=round(pair[0].end - pair[0].start, 1),
-            pair_waited_s=status["devices"].get("waited_s"),
-            run_wall_s=round(time.time() - t0, 1))
+            pair_waited_in_task_s=status["devices"].get("waited_s"))
 
 
-def test_the_lease_log_and_devices_command_show_the_holders(gpu_deployment: Live) -> None:
+def test_the_devices_command_shows_both_devices_free_afterwards(
+        wave: Wave, gpu_deployment: Live) -> None:
     out = gpu_deployment.peftflow("devices").stdout
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["DEVICE", "MEMORY", "STATE"]
