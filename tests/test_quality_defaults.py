@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peftflow.dataset.quality import DEFAULT_MAX_DUPLICATE_FRACTION, Thresholds
+from peftflow.dataset.defaults import DEFAULT_MAX_DUPLICATE_FRACTION
+from peftflow.dataset.quality import Thresholds
 from peftflow.spec.model import QualityRules
 from peftflow.stages import prepare
 

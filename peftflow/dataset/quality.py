@@ -13,15 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from peftflow.dataset.defaults import DEFAULT_MAX_DUPLICATE_FRACTION
 from peftflow.outcome import Outcome
 
 if TYPE_CHECKING:
     from peftflow.dataset.dedup import Duplicates
     from peftflow.dataset.reader import Hits
-
-# The one default: the spec's gate.dataset_quality and prepare_dataset's option read it, and
-# schemas/dag_spec.schema.json repeats it for editors (a test keeps the two equal).
-DEFAULT_MAX_DUPLICATE_FRACTION = 0.05
 
 _RULE_TEXT = {
     "json_object": "lines that are not one JSON object",

@@ -82,18 +82,11 @@ def load(path: Path | None = None) -> Inventory:
 
 def nvidia_smi_gpus() -> list[Gpu] | None:
     """The GPUs nvidia-smi lists, or None when there is no nvidia-smi (or it fails)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=index,uuid,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=NVIDIA_SMI_TIMEOUT_S, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    rows = _nvidia_smi("--query-gpu=index,uuid,memory.total")
+    if rows is None:
         return None
     gpus = []
-    for line in out.splitlines():
-        fields = [f.strip() for f in line.split(",")]
+    for fields in rows:
         if len(fields) < 2 or not fields[0].isdigit():
             continue
         try:
@@ -106,18 +99,20 @@ def nvidia_smi_gpus() -> list[Gpu] | None:
 
 def compute_apps() -> list[tuple[str, int]] | None:
     """(GPU uuid, pid) of every compute process nvidia-smi shows, or None without nvidia-smi."""
+    rows = _nvidia_smi("--query-compute-apps=gpu_uuid,pid")
+    if rows is None:
+        return None
+    return [(f[0], int(f[1])) for f in rows if len(f) == 2 and f[1].isdigit()]
+
+
+def _nvidia_smi(query: str) -> list[list[str]] | None:
+    """One nvidia-smi CSV query as rows of stripped fields; None without a working nvidia-smi."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "--query-compute-apps=gpu_uuid,pid",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=NVIDIA_SMI_TIMEOUT_S, check=True).stdout
+        out = subprocess.run([exe, query, "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    apps = []
-    for line in out.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) == 2 and fields[1].isdigit():
-            apps.append((fields[0], int(fields[1])))
-    return apps
+    return [[f.strip() for f in line.split(",")] for line in out.splitlines() if line.strip()]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftflow.dataset.quality import DEFAULT_MAX_DUPLICATE_FRACTION
+from peftflow.dataset.defaults import DEFAULT_MAX_DUPLICATE_FRACTION
 from peftflow.spec.orchestration import OrchestrationProfile
 from peftflow.store.paths import resolve_ref
 

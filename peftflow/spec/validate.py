@@ -12,7 +12,7 @@ import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftflow import settings
 from peftflow.errors import PeftflowError, Problem, SpecError
@@ -29,7 +29,9 @@ from peftflow.store.paths import (  # the path rules every reader shares
     inside_allowed_roots,
     resolve_ref,
 )
-from peftflow.train import training_profile as profile
+
+if TYPE_CHECKING:
+    from peftflow.train import training_profile as profile
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 FREE_TEXT = frozenset({"$.description"})  # may span lines
@@ -49,7 +51,15 @@ class _Context:
     suites: dict[Path, str | SpecError] = field(default_factory=dict)
     manifests: dict[Path, dict[str, Any] | SpecError | str] = field(default_factory=dict)
     active: orchestration.OrchestrationProfile | None = None
-    inventory: inventory_mod.Inventory | Exception = field(default_factory=lambda: _inventory())
+    _inventory: inventory_mod.Inventory | Exception | None = None
+
+    @property
+    def inventory(self) -> inventory_mod.Inventory | Exception:
+        """The host's GPU inventory, read once per pass and only when a spec is validated
+        (a cached spec needs none: its inventory file is one of the cache's dependencies)."""
+        if self._inventory is None:
+            self._inventory = _inventory()
+        return self._inventory
 
 
 class _Checker:
@@ -144,6 +154,9 @@ class _Checker:
     def _profile(self, path: str, resolved: Path) -> profile.Profile | None:
         cached = self.ctx.profiles.get(resolved)
         if cached is None:
+            # Here, not at the top: a DAG parse whose specs are all cached never loads one.
+            from peftflow.train import training_profile as profile
+
             try:
                 cached = profile.load(resolved, display_path(resolved))
             except SpecError as exc:

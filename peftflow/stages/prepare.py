@@ -30,9 +30,9 @@ from typing import Any
 
 from peftflow import entry
 from peftflow.dataset import pipeline, tokenizer
+from peftflow.dataset.defaults import DEFAULT_MAX_DUPLICATE_FRACTION
 from peftflow.dataset.manifest import Manifest, load_manifest
 from peftflow.dataset.quality import (
-    DEFAULT_MAX_DUPLICATE_FRACTION,
     ProfileLimits,
     Report,
     Thresholds,
