@@ -56,19 +56,26 @@ def cmd_sync_pool(args: argparse.Namespace) -> int:
 
 def checks() -> list[tuple[str, str, str]]:
     """(name, level, detail) for `peftflow doctor`: inventory, pool size, nvidia-smi."""
-    try:
-        inventory = inventory_mod.load()
-    except PeftflowError as exc:
-        return [("gpu inventory", "fail", f"{exc}. Fix: edit "
-                 f"{settings.get().devices_config}, then: peftflow devices sync-pool")]
+    inventory = checks_inventory()
+    if isinstance(inventory, tuple):
+        return [inventory]
     found = [("gpu inventory", "ok", f"{len(inventory)} device(s): {', '.join(inventory.ids)}"
               f" ({'nvidia-smi' if inventory.auto else inventory.path})")]
-    found.append(_pool_check(len(inventory)))
+    found.append(pool_check(len(inventory)))
     found.extend(_nvidia_checks(inventory))
     return found
 
 
-def _pool_check(devices: int) -> tuple[str, str, str]:
+def checks_inventory() -> inventory_mod.Inventory | tuple[str, str, str]:
+    """The inventory, or the doctor's failing line for it."""
+    try:
+        return inventory_mod.load()
+    except PeftflowError as exc:
+        return ("gpu inventory", "fail", f"{exc}. Fix: edit "
+                f"{settings.get().devices_config}, then: peftflow devices sync-pool")
+
+
+def pool_check(devices: int) -> tuple[str, str, str]:
     from peftflow.airflow import pools
 
     try:
@@ -133,17 +140,15 @@ def _foreign_processes(inventory: inventory_mod.Inventory, by_index: dict[str, A
 
 def _descends(pid: int, ancestors: set[int]) -> bool:
     """pid is one of `ancestors` or a descendant of one (train.py under its stage)."""
-    seen = 0
-    while pid > 1 and seen < 64:
+    from peftflow.run.lease import proc_stat
+
+    for _ in range(64):
         if pid in ancestors:
             return True
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-                stat = handle.read()
-            pid = int(stat[stat.rfind(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
+        fields = proc_stat(pid)
+        if pid <= 1 or fields is None or len(fields) < 2 or not fields[1].isdigit():
             return False
-        seen += 1
+        pid = int(fields[1])  # the parent
     return False
 
 

@@ -33,10 +33,12 @@ class Check:
 def pool_check() -> Check:
     """Pool gpu against the GPU inventory (one slot per device), from the metadata DB of the
     current AIRFLOW_HOME."""
-    from peftflow.cli.devices import checks
+    from peftflow.cli import devices
 
-    found = {c[0]: c for c in checks()}
-    return Check(*found.get("pool gpu", found["gpu inventory"]))
+    inventory = devices.checks_inventory()
+    if isinstance(inventory, tuple):
+        return Check(*inventory)
+    return Check(*devices.pool_check(len(inventory)))
 
 
 def device_checks() -> list[Check]:

@@ -22,6 +22,7 @@ and waits, so two tasks that each hold one of two cards can never wait on each o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -145,7 +146,7 @@ def acquire(inventory: Inventory, count: int, holder: Holder, *, prefer: Sequenc
         fds, ids = _try_take(lock_dir, order, count)
         if len(ids) == count:
             waited = time.monotonic() - started
-            final = Holder(**{**holder.__dict__, "since": utc_now()})
+            final = dataclasses.replace(holder, since=utc_now())
             lease = Lease(tuple(ids), final, waited, lock_dir, fds)
             for device in ids:
                 atomic.write_json(_holder_path(lock_dir, device), final.as_dict())

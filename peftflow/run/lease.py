@@ -29,16 +29,22 @@ class Lease:
     try_number: int
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time, or None when it is gone, a zombie, or /proc is missing."""
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on, or None when the process is gone or /proc is
+    missing. The command name (field 2) may hold spaces and parentheses: split after the last
+    ')'."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
             stat = handle.read()
     except OSError:
         return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(")") + 2:].split()
-    if len(fields) < 20 or fields[0] == "Z":
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time, or None when it is gone, a zombie, or /proc is missing."""
+    fields = proc_stat(pid)
+    if fields is None or len(fields) < 20 or fields[0] == "Z":
         return None
     return int(fields[19])
 
