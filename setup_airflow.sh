@@ -5,7 +5,13 @@
 #   ./setup_airflow.sh --db URL           use PostgreSQL (postgresql+psycopg2://...) instead of SQLite
 #   ./setup_airflow.sh --switch-profile P make P (airflow | mlops-lite) the active orchestration
 #                                         profile, recorded in the audit trail
+#   ./setup_airflow.sh --executor edge --db URL
+#                                         the edge profile: GPU stages on Airflow Edge workers
+#                                         (PostgreSQL required), CPU stages on this host
 #   ./setup_airflow.sh start|stop|status  manage scheduler, dag-processor and api-server
+#   ./setup_airflow.sh worker start --api-url URL [--gpus 0,1] [--hostname H]
+#                                         join this host to an edge deployment as a worker
+#                                         (also: worker stop|drain|resume|status)
 #
 # Environment: PEFTFLOW_AIRFLOW_HOME (default ./airflow_home), PEFTFLOW_DB_URL (same as --db),
 # PEFTFLOW_PARALLELISM (default: cores, at most 4), PEFTFLOW_API_HOST/PORT (127.0.0.1:8080),
@@ -25,15 +31,21 @@ case "${1:-}" in
   start|stop|status|restart)
     [ -x "$VENV/bin/peftflow" ] || die "run ./setup_airflow.sh first (no $VENV)"
     exec "$VENV/bin/peftflow" services "$@" ;;
+  worker)
+    [ -x "$VENV/bin/peftflow" ] || die "run ./setup_airflow.sh first (no $VENV): a worker host installs the same pinned project"
+    shift; exec "$VENV/bin/peftflow" worker "$@" ;;
 esac
+EXECUTOR=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --db) [ $# -ge 2 ] || die "--db needs a URL"; DB_URL="$2"; shift 2 ;;
     --db=*) DB_URL="${1#--db=}"; shift ;;
+    --executor) [ $# -ge 2 ] || die "--executor needs local or edge"; EXECUTOR="$2"; shift 2 ;;
+    --executor=*) EXECUTOR="${1#--executor=}"; shift ;;
     --switch-profile) [ $# -ge 2 ] || die "--switch-profile needs airflow or mlops-lite"; SWITCH="$2"; shift 2 ;;
     --switch-profile=*) SWITCH="${1#--switch-profile=}"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -72,7 +84,7 @@ if [ "$ACTIVE" != "airflow" ]; then
 fi
 
 # 3. AIRFLOW_HOME with a generated airflow.cfg (regenerated only while it keeps our marker).
-"$PEFTFLOW" services configure ${DB_URL:+--db "$DB_URL"}
+"$PEFTFLOW" services configure ${DB_URL:+--db "$DB_URL"} ${EXECUTOR:+--executor "$EXECUTOR"}
 "$PEFTFLOW" audit init-key  # HMAC key of the audit trail (0600), kept if present
 
 # 4. Metadata DB, the gpu pool, the tiny smoke model, the specs, the DAGs.

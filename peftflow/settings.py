@@ -124,6 +124,14 @@ def api_credentials() -> tuple[str | None, str | None]:
     return os.environ.get("PEFTFLOW_API_USER"), os.environ.get("PEFTFLOW_API_PASSWORD")
 
 
+def host_name() -> str:
+    """This host's name in leases, status files and the audit trail. An Edge worker sets
+    PEFTFLOW_HOST to its Edge hostname, so two workers on one box stay apart."""
+    import socket
+
+    return os.environ.get("PEFTFLOW_HOST") or socket.gethostname()
+
+
 def current_user() -> str:
     """Who runs this command, for the audit trail."""
     import getpass

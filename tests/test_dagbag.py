@@ -138,8 +138,8 @@ def test_gpu_stages_always_use_the_gpu_pool_even_if_expansion_is_tampered(  # ty
 
     original = expand.dag_config
 
-    def without_pool(spec: Spec):  # type: ignore[no-untyped-def]
-        config = original(spec)
+    def without_pool(spec: Spec, edge: bool = False):  # type: ignore[no-untyped-def]
+        config = original(spec, edge)
         config[spec.dag_id]["tasks"][Stage.TRAIN.value].pop("pool")
         return config
 

@@ -35,7 +35,8 @@ def existing(home: Path, key: str) -> str | None:
 
 
 def render(*, db_url: str, log_dir: Path, api_host: str, api_port: int, parallelism: int,
-           jwt_secret: str, secret_key: str) -> str:
+           jwt_secret: str, secret_key: str, executor: str = "LocalExecutor",
+           extra: str = "") -> str:
     root = settings.get().project_root
     api_url = f"http://{api_host}:{api_port}"
     return f"""{MARKER} (setup_airflow.sh); rewritten on setup while this line is present.
@@ -44,7 +45,7 @@ def render(*, db_url: str, log_dir: Path, api_host: str, api_port: int, parallel
 dags_folder = {root / 'dags'}
 # the peftflow plugin: the api-server's trigger guard (peftflow/airflow/triggerguard.py)
 plugins_folder = {root / 'plugins'}
-executor = LocalExecutor
+executor = {executor}
 parallelism = {parallelism}
 max_active_tasks_per_dag = {parallelism}
 load_examples = False
@@ -79,7 +80,7 @@ parsing_processes = 1
 
 [dag_factory]
 enable_telemetry = False
-"""
+{extra}"""
 
 
 def write_private(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ SUMMARY_OPERATOR = "operators.summary.RunSummaryOperator"
 GATE_TASK = "release_gate"
 SUMMARY_TASK = "run_summary"
 DATASET_ASSET_SCHEME = "peftflow-dataset"
+EDGE_EXECUTOR = "EdgeExecutor"  # Airflow resolves an executor by class name
 
 
 def dataset_asset_uri(name: str) -> str:
@@ -80,7 +81,8 @@ def _schedule(spec: Spec) -> Any:
             "timezone": spec.schedule.timezone}
 
 
-def _task(spec: Spec, stage: stages.StageDef, upstream: str | None) -> dict[str, Any]:
+def _task(spec: Spec, stage: stages.StageDef, upstream: str | None,
+          edge: bool) -> dict[str, Any]:
     policy = spec.retry_policy(stage.name)
     task: dict[str, Any] = {
         "operator": STAGE_OPERATOR,
@@ -94,6 +96,11 @@ def _task(spec: Spec, stage: stages.StageDef, upstream: str | None) -> dict[str,
     if stage.pool:
         task["pool"] = stage.pool
         task["pool_slots"] = stage.pool_slots(spec)
+    if edge and stage.gpu:
+        # the edge profile: Airflow's EdgeExecutor hands it to a worker serving the queue;
+        # Edge counts pool_slots against the worker's concurrency (= its GPUs)
+        task["executor"] = EDGE_EXECUTOR
+        task["queue"] = spec.queue
     if stage.name in spec.timeouts:
         task["execution_timeout"] = _seconds(spec.timeouts[stage.name])
     if upstream:
@@ -126,8 +133,9 @@ def task_order() -> tuple[str, ...]:
     return tuple(order)
 
 
-def dag_config(spec: Spec) -> dict[str, Any]:
-    """The dag-factory config of one spec: {dag_id: {...}}."""
+def dag_config(spec: Spec, edge: bool = False) -> dict[str, Any]:
+    """The dag-factory config of one spec: {dag_id: {...}}; with `edge`, as the edge
+    deployment profile routes it (GPU stages to the EdgeExecutor)."""
     tasks: dict[str, Any] = {}
     upstream: str | None = None
     for task_id in task_order():
@@ -135,7 +143,7 @@ def dag_config(spec: Spec) -> dict[str, Any]:
             tasks[GATE_TASK] = {"operator": GATE_OPERATOR, "spec_file": str(spec.path),
                                 "retries": 0, "dependencies": [upstream] if upstream else []}
         else:
-            tasks[task_id] = _task(spec, stages.get(task_id), upstream)
+            tasks[task_id] = _task(spec, stages.get(task_id), upstream, edge)
         upstream = task_id
     # A teardown: it runs after every outcome and does not decide the run's state.
     tasks[SUMMARY_TASK] = {"operator": SUMMARY_OPERATOR, "retries": 0,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pendulum
 
-from peftflow.airflow import expand
+from peftflow.airflow import edge, expand
 from peftflow.errors import PeftflowError, Problem, SpecError
 from peftflow.run import stages
 from peftflow.spec import cache as speccache
@@ -95,10 +95,11 @@ def load(spec_dir: Path, globals_dict: MutableMapping[str, Any]) -> list[str]:
     result = validate.validate_paths([spec_dir], cache=speccache.default())
     problems = result.problems
     built: list[str] = []
+    on_edge = edge.enabled()  # the deployment's executor decides where GPU stages run
     for spec in result.specs:
         shown = paths.display_path(spec.path)
         try:
-            _build(expand.dag_config(spec), globals_dict)
+            _build(expand.dag_config(spec, edge=on_edge), globals_dict)
         except Exception as exc:  # a bug in expansion must not hide the other DAGs
             problems.append(Problem(shown, 1, 1, "$",
                                     f"could not build the DAG: {type(exc).__name__}: {exc}"))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from peftflow import settings
+from peftflow.airflow import edge
 from peftflow.airflow.config import MARKER, PRIVATE, existing, render, seed_passwords, write_private
 from peftflow.child import TERM_GRACE_S, stop_group
 
@@ -76,8 +77,13 @@ def managed(dep: Deployment) -> bool:
     return not cfg.is_file() or MARKER in cfg.read_text(encoding="utf-8").split("\n", 1)[0]
 
 
-def configure(db_url: str | None = None) -> Deployment:
+def configure(db_url: str | None = None, executor: str | None = None) -> Deployment:
+    """airflow.cfg for LocalExecutor, or with executor="edge" the edge profile (kept on
+    later runs without the flag: the executor in airflow.cfg is the deployment's choice)."""
     dep = deployment(db_url)
+    mode = executor or ("edge" if edge.enabled() else "local")
+    if mode == "edge":
+        edge.require_postgres(dep.db_url)
     for folder in (dep.home, dep.run_dir, dep.log_dir):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for folder in (dep.run_dir, dep.log_dir):
@@ -90,11 +96,21 @@ def configure(db_url: str | None = None) -> Deployment:
     keys = {key: existing(dep.home, key) or secrets.token_urlsafe(32)
             for key in ("jwt_secret", "secret_key")}
     # it holds the JWT secret and possibly a DB password
+    hybrid = {"executor": edge.HYBRID_EXECUTORS, "extra": edge.cfg_sections(dep.api_url())}
     write_private(cfg, render(db_url=dep.db_url, log_dir=dep.log_dir, api_host=dep.api_host,
-                              api_port=dep.api_port, parallelism=dep.parallelism, **keys))
+                              api_port=dep.api_port, parallelism=dep.parallelism, **keys,
+                              **(hybrid if mode == "edge" else {})))
     seed_passwords(dep.home)
     shown = dep.db_url.split("@")[-1] if "@" in dep.db_url else dep.db_url
-    print(f"[setup] AIRFLOW_HOME={dep.home} (db: {shown}, parallelism {dep.parallelism})")
+    print(f"[setup] AIRFLOW_HOME={dep.home} (db: {shown}, parallelism {dep.parallelism}, "
+          f"executor: {mode})")
+    if mode == "edge":
+        deployment_id = edge.write_tokens(keys["jwt_secret"])
+        write_private(dep.home / edge.SECRET_FILE, keys["jwt_secret"] + "\n")
+        print(f"[setup] edge profile: GPU stages go to Edge workers (Edge API "
+              f"{edge.api_url(dep.api_url())}); deployment {deployment_id} tokens written to "
+              "the artifact root, releases root and audit folder; a worker host needs "
+              f"{dep.home / edge.SECRET_FILE} (copy it, mode 0600)")
     return dep
 
 
@@ -253,7 +269,7 @@ def pause_policy() -> int:
 
 def _cmd(args: argparse.Namespace) -> int:
     if args.action == "configure":
-        configure(args.db)
+        configure(args.db, args.executor)
         return 0
     if args.action == "pause-policy":
         return pause_policy()
@@ -277,4 +293,7 @@ def register(subparsers: Any) -> None:
                                        "pause-policy"),
                    help="pause-policy: apply each spec's start_paused (setup does this)")
     p.add_argument("--db", help="metadata DB URL for configure (default: SQLite file)")
+    p.add_argument("--executor", choices=edge.EXECUTORS,
+                   help="configure: local (LocalExecutor, the default) or edge (GPU stages on "
+                   "Airflow Edge workers; needs PostgreSQL); kept from airflow.cfg if omitted")
     p.set_defaults(func=_cmd)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,7 @@ def _preferred_devices(stage: str, upstream: dict[str, dict[str, Any]]) -> str:
         return ""
     for earlier in reversed(stages.before(stage)):
         devices = (upstream.get(earlier.name) or {}).get("devices") if earlier.gpu else None
-        if devices and devices.get("host") == socket.gethostname():
+        if devices and devices.get("host") == settings.host_name():
             return ",".join(str(d) for d in devices.get("ids", []))
     return ""
 

@@ -29,6 +29,7 @@ AREAS = (
     "peftflow.cli.releases",
     "peftflow.cli.doctor",
     "peftflow.cli.devices",
+    "peftflow.cli.worker",
     "peftflow.airflow.services",
     "peftflow.cli.profile",
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peftflow import settings
-from peftflow.airflow import expand
+from peftflow.airflow import edge, expand
 from peftflow.cli import main as cli
 from peftflow.errors import PeftflowError, Problem, SpecError
 from peftflow.spec import validate
@@ -69,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     spec = validate.load_spec(Path(args.spec))
-    config = expand.dag_config(spec)
+    config = expand.dag_config(spec, edge=edge.enabled())
     print(json.dumps(config, indent=2) if args.json else expand.render_yaml(config), end="")
     return 0
 

@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -117,7 +116,7 @@ class Lease:
 def holder_from_env(stage: str) -> Holder:
     """This process as a holder: the task runner passes the run's identity in the environment."""
     try_number = settings.env_str("PEFTFLOW_TRY_NUMBER")
-    return Holder(stage=stage, pid=os.getpid(), host=socket.gethostname(),
+    return Holder(stage=stage, pid=os.getpid(), host=settings.host_name(),
                   user=settings.current_user(), since=utc_now(),
                   dag_id=settings.env_str("PEFTFLOW_DAG_ID") or None,
                   run_id=settings.env_str("PEFTFLOW_RUN_ID") or None,

@@ -25,6 +25,7 @@ GPU_POOL = "gpu"
 # Facts validation derives from the files a spec references (not written by the user: the
 # schema refuses unknown keys), kept with the spec's data so a cached spec has them too.
 DERIVED_KEY = "__derived__"
+DEFAULT_QUEUE = "gpu"  # the Edge queue of GPU tasks when the profile names none
 DEVICE_KEYS = ("devices", "eval_devices")  # the profile's runtime keys that count GPUs
 # Fixed, so a cron DAG never backfills from "now - something"; validation counts the backlog
 # from it and the expansion writes it into every DAG.
@@ -106,6 +107,7 @@ class Spec:
     # The most GPUs any allowed profile asks for, per runtime key ("devices" for training,
     # "eval_devices" for evaluation): a GPU task's pool slots, fixed when the DAG is parsed.
     max_devices: dict[str, int] = field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE  # the Edge queue of the GPU tasks (its profile's runtime.queue)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retry_policy(self, stage: str) -> RetryPolicy:
@@ -178,4 +180,5 @@ def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
             data["dataset"]["manifest"], *trigger.get("allowed_manifests", []))},
         suite_paths=tuple(resolve_ref(ref) for ref in data["eval_suites"]),
         max_devices=dict(data.get(DERIVED_KEY, {}).get("max_devices", {})),
+        queue=str(data.get(DERIVED_KEY, {}).get("queue", DEFAULT_QUEUE)),
     )

@@ -110,6 +110,7 @@ class _Checker:
         step(self._retries)
         step(self._consistency, prof, manifest)
         step(self._devices)
+        step(self._queues)
         step(self._orchestration)
 
     def _text(self) -> None:
@@ -286,6 +287,20 @@ class _Checker:
         return {key: max((getattr(p.runtime, key) for _, p in self.profiles), default=1)
                 for key in spec.DEVICE_KEYS}
 
+    def queue(self) -> str:
+        """The Edge queue of the DAG's GPU tasks: its own profile's (the first one)."""
+        return self.profiles[0][1].runtime.queue if self.profiles else spec.DEFAULT_QUEUE
+
+    def _queues(self) -> None:
+        """A DAG's GPU tasks have one queue, fixed when it is parsed, so a profile a trigger
+        may choose cannot ask for another one."""
+        queues = {p.runtime.queue for _, p in self.profiles}
+        if len(queues) > 1:
+            self.add("$.trigger.allowed_profiles", f"the allowed profiles name different "
+                     f"runtime.queue values ({', '.join(sorted(queues))}); a DAG's GPU tasks "
+                     "have one queue, fixed when the DAG is parsed: give them the same queue "
+                     "or make a spec per queue")
+
     def _devices(self) -> None:
         """No profile may ask for more GPUs than this host's inventory lists: its task would
         take more pool slots than exist and never be scheduled. An unreadable inventory is
@@ -387,7 +402,8 @@ def load_spec(path: Path, ctx: _Context | None = None,
                                                 "problem(s) of this file not shown")]
     if found:
         raise SpecError(found)
-    data = {**marked.data, spec.DERIVED_KEY: {"max_devices": checker.max_devices()}}
+    data = {**marked.data, spec.DERIVED_KEY: {"max_devices": checker.max_devices(),
+                                              "queue": checker.queue()}}
     if cache is not None:
         cache.put(path, digest, checker.deps, data)
     return spec.from_data(data, path.resolve(), digest)

@@ -111,6 +111,7 @@ class RuntimeConfig:
     op: str = "cuda"
     eval_strategy: str = "cpu fp32"
     threads: int = 0
+    queue: str = "gpu"  # the Edge queue of its GPU tasks (the edge deployment profile only)
 
 
 @dataclass(frozen=True)

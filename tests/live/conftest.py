@@ -43,12 +43,13 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Live tests last (keeping pytest's grouping by deployment), never between others. The
-    multi-GPU suite goes first among them: it measures makespans, so no other deployment may
-    be up beside it (the session deployments start at their first test)."""
+    multi-GPU and Edge suites go first among them: they measure makespans, so no other
+    deployment may be up beside them (the session deployments start at their first test)."""
     live = [i for i in items if i.get_closest_marker("live")]
-    gpus = [i for i in live if i.get_closest_marker("gpus")]
-    items[:] = ([i for i in items if not i.get_closest_marker("live")] + gpus
-                + [i for i in live if not i.get_closest_marker("gpus")])
+    alone = [i for i in live if i.get_closest_marker("gpus")] + [
+        i for i in live if i.get_closest_marker("edge")]
+    items[:] = ([i for i in items if not i.get_closest_marker("live")] + alone
+                + [i for i in live if i not in alone])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -98,10 +99,13 @@ def _start(live: Live, patch: pytest.MonkeyPatch) -> None:
     if live.cluster is not None:
         _timed(live, "postgres_start", live.cluster.start)
     copy_project_files(live.root)
-    live.dag_ids = (live_scenarios.write_gpus(live.root) if live.kind == GPUS_KIND
+    writers = {GPUS_KIND: live_scenarios.write_gpus, EDGE_KIND: live_scenarios.write_edge}
+    live.dag_ids = (writers[live.kind](live.root) if live.kind in writers
                     else live_scenarios.write_all(live.root, live.kind))
     _activate(live, patch)
     db = ["--db", live.cluster.url] if live.cluster else []
+    if live.kind == EDGE_KIND:
+        db += ["--executor", "edge"]
     _timed(live, "configure", lambda: live.peftflow("services", "configure", *db))
     _timed(live, "db_migrate", lambda: live.airflow("db", "migrate", timeout=600))
     live.peftflow("devices", "sync-pool")  # as setup_airflow.sh: one slot per device
@@ -154,21 +158,31 @@ def gpu_deployment(smoke_base_model: Path, measure: Callable[..., None]) -> Iter
     yield from _deployment(GPUS_KIND, measure)
 
 
+@pytest.fixture(scope="module")
+def edge_deployment(smoke_base_model: Path, measure: Callable[..., None]) -> Iterator[Live]:
+    """The edge profile: a private PostgreSQL, hybrid executors, the Edge API on the
+    api-server; the tests start the Edge workers. Module-scoped like the GPU deployment."""
+    yield from _deployment(EDGE_KIND, measure)
+
+
 GPUS_KIND = "sqlite-gpus"
+EDGE_KIND = "postgresql-edge"
 
 
 def _deployment(kind: str, measure: Callable[..., None]) -> Iterator[Live]:
-    if kind == "postgresql" and (why := live_postgres.missing_binaries()):
+    if kind in ("postgresql", EDGE_KIND) and (why := live_postgres.missing_binaries()):
         pytest.skip(why)
     root = Path(tempfile.mkdtemp(prefix=f"peftflow-live-{kind}-"))
     api_port, log_port, pg_port = free_port(), free_port(), free_port()
     scripts = root / "scripts" if kind == "sqlite" else None
     env = service_env(root, api_port, log_port, scripts)
-    if kind == GPUS_KIND:
+    if kind in (GPUS_KIND, EDGE_KIND):
         env.update({"PEFTFLOW_DEVICES_CONFIG": str(root / "devices.yaml"),
                     "PEFTFLOW_PARALLELISM": "4"})
+    if kind == EDGE_KIND:  # a dead worker's task is failed (and retried) after 30 s
+        env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = "30"
     live = Live(kind, root, env)
-    if kind == "postgresql":
+    if kind in ("postgresql", EDGE_KIND):
         live.cluster = live_postgres.new_cluster(root / "pg", pg_port)
     patch = pytest.MonkeyPatch()
     t0 = time.monotonic()

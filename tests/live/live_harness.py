@@ -83,6 +83,22 @@ def procs_with(markers: dict[str, str], require_all: bool = True) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (by parent pid), whatever its group or session."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
 def kill_groups(pids: list[int]) -> list[int]:
     """SIGKILL the process group of each pid (never our own group); the groups killed."""
     ours = os.getpgid(0)

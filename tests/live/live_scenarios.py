@@ -48,6 +48,8 @@ RETRAIN_DATASET = "live-docs"
 GPUS = "live_gpus"  # the 2-device deployment (write_gpus): 1-device runs
 GPUS_PAIR = "live_gpus_pair"  # ... and a profile with runtime.devices: 2
 FAKE_DEVICES = ("0", "1")
+EDGE = "live_edge"  # the edge deployment (write_edge): GPU stages on two Edge workers
+EDGE_FAULT = "live_edge_fault"  # ... a worker killed during training (checkpoints per epoch)
 PAUSED_AT_START = (BACKFILL,)
 
 
@@ -186,6 +188,17 @@ def write_gpus(root: Path) -> list[str]:
     _write(specs, _spec(GPUS, max_active_runs=8))
     _write(specs, _spec(GPUS_PAIR, profile=str(root / "pair_profile.yaml")))
     return [GPUS, GPUS_PAIR]
+
+
+def write_edge(root: Path) -> list[str]:
+    """The edge deployment: the main host's inventory lists the two fake devices (pool gpu:
+    2 slots, the cluster-wide cap); each Edge worker serves one of them."""
+    (root / "devices.yaml").write_text("devices:\n" + "".join(
+        f'  - {{id: "{d}"}}\n' for d in FAKE_DEVICES))
+    specs = root / "project" / "dag_specs"
+    _write(specs, _spec(EDGE, max_active_runs=8))
+    _write(specs, _spec(EDGE_FAULT, profile=FAULT))
+    return [EDGE, EDGE_FAULT]
 
 
 def write_rejected(root: Path) -> list[Path]:
