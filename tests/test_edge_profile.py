@@ -188,3 +188,13 @@ def test_airflow_accepts_the_routed_dag_under_the_hybrid_executors(
     assert found["tasks"]["evaluate_adapter"] == ["EdgeExecutor", "gpu"]
     assert found["tasks"]["prepare_dataset"][0] is None
     assert found["tasks"]["release_adapter"][0] is None
+
+
+def test_a_worker_refuses_a_queue_or_gpu_that_is_not_a_plain_name(main_host: Path) -> None:
+    services.configure(PG_URL, "edge")
+    secret = str(main_host / "home" / edge.SECRET_FILE)
+    done = _worker_start(main_host, "--secret-file", secret, "--queues", "gpu,$(touch x)")
+    assert done.returncode != 0 and "'$(touch x)' is not a queue name" in done.stderr
+    done = _worker_start(main_host, "--secret-file", secret, "--gpus", "7")
+    assert done.returncode != 0 and "7 not in this host's GPU inventory" in done.stderr
+    assert not (main_host / "x").exists() and "Traceback" not in done.stderr

@@ -23,6 +23,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from peftflow import settings
 from peftflow.airflow import edge
 from peftflow.airflow.config import existing, render, write_private
@@ -32,6 +34,7 @@ from peftflow.spec import inventory as inventory_mod
 from peftflow.spec.model import DEFAULT_QUEUE
 
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as runtime.queue in the schema
 START_WAIT_S = 90.0
 
 
@@ -100,12 +103,11 @@ def _write_home(home: Path, base_url: str, host: str, port: int, secret: str,
                   executor=edge.HYBRID_EXECUTORS, extra=edge.cfg_sections(base_url))
     text = text.replace(f"http://{host}:{port}/execution/", f"{base_url}/execution/")
     write_private(home / "airflow.cfg", text)
-    lines = ["# this worker's GPUs (peftflow worker start --gpus); its stages lease these",
-             "devices:"]
-    for d in devices:
-        memory = f", memory_gib: {d.memory_gib}" if d.memory_gib else ""
-        lines.append(f'  - {{id: "{d.id}"{memory}}}')
-    (home / "devices.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    listed = [{"id": d.id, **({"memory_gib": d.memory_gib} if d.memory_gib else {})}
+              for d in devices]
+    (home / "devices.yaml").write_text(
+        "# this worker's GPUs (peftflow worker start --gpus); its stages lease these\n"
+        + yaml.safe_dump({"devices": listed}, sort_keys=False), encoding="utf-8")
 
 
 def start(args: argparse.Namespace) -> int:
@@ -127,6 +129,9 @@ def start(args: argparse.Namespace) -> int:
                           " here (the main host reruns setup after an upgrade too)")
     devices = _devices(args.gpus)
     queues = args.queues or DEFAULT_QUEUE
+    if bad := [q for q in queues.split(",") if not QUEUE_RE.match(q)]:
+        raise ConfigError(f"--queues {queues!r}: {bad[0]!r} is not a queue name (letters, "
+                          "digits, '.', '_', '-'; comma-separated, no spaces)")
     home = worker_home(hostname)
     _write_home(home, base_url, host, port, secret, devices)
     env = {**os.environ, "AIRFLOW_HOME": str(home), "PEFTFLOW_HOST": hostname,

@@ -126,6 +126,20 @@ def test_no_device_ever_has_two_holders_and_every_run_ends_as_on_one_host(
         assert gate["status"] in ("success", "blocked"), gate
 
 
+def test_a_worker_in_maintenance_takes_no_new_gpu_task_until_it_resumes(
+        wave: Wave, workers: Live) -> None:
+    live = workers
+    live.peftflow("worker", "drain", "--hostname", "edge-b", "--comment", "live test")
+    try:
+        runs = [r for _, r in trigger_all(live, [EDGE, EDGE])]  # 4 GPU tasks, 1 free worker
+        for run_id in runs:
+            live.wait_for(EDGE, run_id, "success", timeout=400)
+        hosts = [r["hostname"] for r in ti_rows(live, EDGE, runs) if r["task_id"] in GPU_TASKS]
+        assert hosts == ["edge-a"] * 4, hosts
+    finally:
+        live.peftflow("worker", "resume", "--hostname", "edge-b")
+
+
 def test_a_worker_killed_during_training_costs_only_the_retry_on_the_other_worker(
         workers: Live, measure: Callable[..., None]) -> None:
     live = workers
