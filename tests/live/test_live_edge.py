@@ -140,6 +140,27 @@ def test_a_worker_in_maintenance_takes_no_new_gpu_task_until_it_resumes(
         live.peftflow("worker", "resume", "--hostname", "edge-b")
 
 
+def test_workers_that_lose_the_api_server_for_a_while_reconnect_and_take_work_again(
+        wave: Wave, workers: Live, measure: Callable[..., None]) -> None:
+    from peftflow.airflow import services
+
+    live = workers
+    dep = live.deployment()
+    pids = {n: int((live.home / "edge-workers" / n / "worker.pid").read_text()) for n in WORKERS}
+    services.stop(dep, ("api-server",))
+    time.sleep(3 * 10)  # three of the workers' heartbeats fail
+    services.start(dep, ("api-server",), wait_s=120)
+    for pid in pids.values():
+        os.kill(pid, 0)  # still running (ProcessLookupError otherwise)
+    runs = [r for _, r in trigger_all(live, [EDGE, EDGE])]
+    for run_id in runs:
+        live.wait_for(EDGE, run_id, "success", timeout=400)
+    hosts = {r["hostname"] for r in ti_rows(live, EDGE, runs) if r["task_id"] in GPU_TASKS}
+    assert hosts <= set(WORKERS) and hosts, hosts
+    measure("edge: api-server down 30 s", live.kind, workers_alive=len(pids),
+            gpu_task_hosts=sorted(hosts))
+
+
 def test_a_worker_killed_during_training_costs_only_the_retry_on_the_other_worker(
         workers: Live, measure: Callable[..., None]) -> None:
     live = workers
