@@ -52,6 +52,21 @@ def project_root() -> Path:
     return ROOT
 
 
+@pytest.fixture()
+def linked_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_root: Path) -> Path:
+    """tmp_path as the project root, with the real one's schemas, data, models, eval suites
+    and configs linked in (no GPU inventory: a test writes or links its own); the real root
+    stays an allowed root, so the shipped profiles and specs can be referenced."""
+    for shared in ("schemas", "data", "models", "configs/eval", "configs/orchestration.yaml",
+                   "configs/pools.json"):
+        (tmp_path / shared).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / shared).symlink_to(project_root / shared)
+    monkeypatch.setenv("PEFTFLOW_PROJECT_ROOT", str(tmp_path))
+    monkeypatch.setenv("PEFTFLOW_ALLOWED_ROOTS", str(project_root))
+    monkeypatch.delenv("PEFTFLOW_MODELS_ROOT", raising=False)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION

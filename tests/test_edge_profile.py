@@ -133,14 +133,9 @@ def test_gpu_stages_go_to_the_edge_executor_and_the_profiles_queue_cpu_stages_st
 
 
 @pytest.fixture()
-def queued_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_root: Path) -> Path:
-    for shared in ("schemas", "data", "models", "configs/eval", "configs/orchestration.yaml",
-                   "configs/pools.json", "configs/devices.yaml"):
-        (tmp_path / shared).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / shared).symlink_to(project_root / shared)
-    monkeypatch.setenv("PEFTFLOW_PROJECT_ROOT", str(tmp_path))
-    monkeypatch.setenv("PEFTFLOW_ALLOWED_ROOTS", str(project_root))
-    monkeypatch.delenv("PEFTFLOW_MODELS_ROOT", raising=False)
+def queued_project(linked_project: Path, project_root: Path) -> Path:
+    tmp_path = linked_project
+    (tmp_path / "configs/devices.yaml").symlink_to(project_root / "configs/devices.yaml")
     profile = yaml.safe_load((project_root / "configs/profiles/smoke_cpu.yaml").read_text())
     (tmp_path / "configs/profiles").mkdir()
     (tmp_path / "configs/profiles/plain.yaml").write_text(yaml.safe_dump(profile))

@@ -15,17 +15,11 @@ from peftflow.spec.cache import SpecCache
 
 
 @pytest.fixture()
-def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_root: Path) -> Path:
+def deployment(linked_project: Path, project_root: Path) -> Path:
     """A project root (the real one's data, suites and schemas linked in) with a 2-device and
     a 3-device training profile, a smoke spec on the first and a twin that also allows the
     second at trigger time; the inventory starts with 1 device."""
-    for shared in ("schemas", "data", "models", "configs/eval", "configs/orchestration.yaml",
-                   "configs/pools.json"):
-        (tmp_path / shared).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / shared).symlink_to(project_root / shared)
-    monkeypatch.setenv("PEFTFLOW_PROJECT_ROOT", str(tmp_path))
-    monkeypatch.setenv("PEFTFLOW_ALLOWED_ROOTS", str(project_root))
-    monkeypatch.delenv("PEFTFLOW_MODELS_ROOT", raising=False)
+    tmp_path = linked_project
     profile = yaml.safe_load((project_root / "configs/profiles/smoke_cpu.yaml").read_text())
     (tmp_path / "configs/profiles").mkdir()
     for name, devices in (("two.yaml", 2), ("three.yaml", 3)):

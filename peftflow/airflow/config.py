@@ -36,9 +36,11 @@ def existing(home: Path, key: str) -> str | None:
 
 def render(*, db_url: str, log_dir: Path, api_host: str, api_port: int, parallelism: int,
            jwt_secret: str, secret_key: str, executor: str = "LocalExecutor",
-           extra: str = "") -> str:
+           extra: str = "", api_base: str | None = None) -> str:
+    """airflow.cfg; `api_base` is the api-server tasks talk to when it is not this host's
+    (an Edge worker's: the main host's, maybe over https)."""
     root = settings.get().project_root
-    api_url = f"http://{api_host}:{api_port}"
+    api_url = api_base or f"http://{api_host}:{api_port}"
     return f"""{MARKER} (setup_airflow.sh); rewritten on setup while this line is present.
 # Remove the line above to manage this file by hand.
 [core]

@@ -134,11 +134,12 @@ def write_tokens(secret: str) -> str:
     found = {str(doc.get("deployment")) for doc in map(_read_token, roots.values())
              if doc and doc.get("deployment")}
     deployment_id = sorted(found)[0] if len(found) == 1 else uuid.uuid4().hex
+    ours = versions()  # reads every code file: once, not per root
     for role, folder in roots.items():
         folder.mkdir(parents=True, exist_ok=True)
         resolved = folder.resolve()
         doc = {"deployment": deployment_id, "role": role, "path": str(resolved),
-               "proof": _proof(secret, deployment_id, role, resolved), "versions": versions()}
+               "proof": _proof(secret, deployment_id, role, resolved), "versions": ours}
         atomic.write_text(folder / TOKEN_NAME, json.dumps(doc, indent=1) + "\n")
     return deployment_id
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftflow.airflow import edge as edge_profile
 from peftflow.run import stages
 from peftflow.spec.model import START_DATE, Spec, SpecKind
 
@@ -18,7 +19,6 @@ SUMMARY_OPERATOR = "operators.summary.RunSummaryOperator"
 GATE_TASK = "release_gate"
 SUMMARY_TASK = "run_summary"
 DATASET_ASSET_SCHEME = "peftflow-dataset"
-EDGE_EXECUTOR = "EdgeExecutor"  # Airflow resolves an executor by class name
 
 
 def dataset_asset_uri(name: str) -> str:
@@ -99,7 +99,7 @@ def _task(spec: Spec, stage: stages.StageDef, upstream: str | None,
     if edge and stage.gpu:
         # the edge profile: Airflow's EdgeExecutor hands it to a worker serving the queue;
         # Edge counts pool_slots against the worker's concurrency (= its GPUs)
-        task["executor"] = EDGE_EXECUTOR
+        task["executor"] = edge_profile.EDGE_EXECUTOR
         task["queue"] = spec.queue
     if stage.name in spec.timeouts:
         task["execution_timeout"] = _seconds(spec.timeouts[stage.name])

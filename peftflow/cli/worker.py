@@ -100,8 +100,8 @@ def _write_home(home: Path, base_url: str, host: str, port: int, secret: str,
     text = render(db_url=f"sqlite:///{home / 'unused.db'}", log_dir=home / "logs",
                   api_host=host, api_port=port, parallelism=len(devices),
                   jwt_secret=secret, secret_key=secrets.token_urlsafe(32),
-                  executor=edge.HYBRID_EXECUTORS, extra=edge.cfg_sections(base_url))
-    text = text.replace(f"http://{host}:{port}/execution/", f"{base_url}/execution/")
+                  executor=edge.HYBRID_EXECUTORS, extra=edge.cfg_sections(base_url),
+                  api_base=base_url)
     write_private(home / "airflow.cfg", text)
     listed = [{"id": d.id, **({"memory_gib": d.memory_gib} if d.memory_gib else {})}
               for d in devices]
@@ -144,7 +144,7 @@ def start(args: argparse.Namespace) -> int:
             "--edge-hostname", hostname, "--pid", str(_pid_file(hostname))]
     log = home / "logs" / "worker.log"
     deadline = time.monotonic() + args.wait
-    while (proc := _launch(argv, env, home, log, hostname, deadline)) is None:
+    while (proc := _launch(argv, env, home, log, base_url, deadline)) is None:
         # A worker that died (host crash, kill -9) stays "active" in the DB until Edge
         # misses 5 heartbeats; a restart before that is refused, so wait it out.
         print(f"[worker] Edge still lists an active {hostname} (a previous run that died); "
@@ -157,7 +157,7 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(argv: list[str], env: dict[str, str], home: Path, log: Path, hostname: str,
+def _launch(argv: list[str], env: dict[str, str], home: Path, log: Path, base_url: str,
             deadline: float) -> subprocess.Popen[bytes] | None:
     """The registered worker, or None when Edge refused its name as still active and there
     is time left to retry; ConfigError with the log's tail for every other failure."""
@@ -168,6 +168,7 @@ def _launch(argv: list[str], env: dict[str, str], home: Path, log: Path, hostnam
                                 stderr=fd, start_new_session=True, cwd=home)
     finally:
         os.close(fd)
+    hostname = env["PEFTFLOW_HOST"]
     # Edge writes its pid file once the api-server accepted the registration
     while _alive(hostname) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -180,18 +181,12 @@ def _launch(argv: list[str], env: dict[str, str], home: Path, log: Path, hostnam
                 return None
             tail = [line for line in text.splitlines() if line.strip()][-12:]
             raise ConfigError(f"the Edge worker {hostname} did not register with "
-                              f"{argv_url(env)} (log {log}):\n" + "\n".join(tail)
+                              f"{base_url} (log {log}):\n" + "\n".join(tail)
                               + "\nFix what the log says (api-url, firewall, [edge] "
                               "api_enabled on the main host, a version mismatch), then start "
                               "again")
         time.sleep(0.5)
     return proc
-
-
-def argv_url(env: dict[str, str]) -> str:
-    from peftflow.airflow.config import existing as cfg_value
-
-    return cfg_value(Path(env["AIRFLOW_HOME"]), "api_url") or "the main host"
 
 
 def _edge(hostname: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
