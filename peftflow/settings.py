@@ -7,10 +7,13 @@ uncached on purpose, so tests and subprocesses that change the environment see t
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from peftflow.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +93,97 @@ def _compute(snapshot: tuple[tuple[str, str], ...]) -> Settings:
     )
 
 
+class Tracker(enum.StrEnum):
+    """Where runs are tracked: nowhere, or an MLflow tracking store."""
+
+    OFF = "off"
+    MLFLOW = "mlflow"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Experiment tracking (peftflow.track); read with `tracking()`, not part of `get()`."""
+
+    tracker: Tracker  # PEFTFLOW_TRACKING; default mlflow when a tracking URI is set, else off
+    uri: str  # PEFTFLOW_MLFLOW_TRACKING_URI; may carry a password: show it only redacted
+    experiment: str | None  # PEFTFLOW_MLFLOW_EXPERIMENT; None = the DAG id
+    artifact_root: Path | None  # PEFTFLOW_MLFLOW_ARTIFACT_ROOT; None = the store decides
+    log_adapter: bool  # PEFTFLOW_MLFLOW_LOG_ADAPTER: copy the adapter into MLflow (default: link)
+
+    @property
+    def file_store(self) -> bool:
+        """MLflow's file store (file:... or a bare path), in maintenance mode since MLflow 3.7."""
+        return self.uri.startswith("file:") or "://" not in self.uri
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ConfigError(f"{name}={raw!r} is not a yes/no value; use one of "
+                          f"{', '.join(_TRUE)} or {', '.join(v for v in _FALSE if v)}")
+    return value in _TRUE
+
+
+def _sqlite_folder(uri: str) -> Path | None:
+    """The folder of an SQLite store's database file (sqlite:///<path>), if it is a file."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path).expanduser().resolve().parent if path and path != ":memory:" else None
+
+
+def tracking() -> Tracking:
+    """The tracking settings; a bad value raises ConfigError naming the variable.
+
+    Apart from `get()` on purpose: only peftflow.track reads these, and it turns the error
+    into a failed, audited tracking result, so a typo here never stops a DAG from loading or
+    a stage from running.
+    """
+    root = get().project_root
+    uri = (os.environ.get("PEFTFLOW_MLFLOW_TRACKING_URI") or "").strip()
+    raw = os.environ.get("PEFTFLOW_TRACKING")
+    name = (raw or ("mlflow" if uri else "off")).strip().lower()
+    if name not in tuple(Tracker):
+        raise ConfigError(f"PEFTFLOW_TRACKING={raw!r} is not one of "
+                          f"{', '.join(Tracker)}; use mlflow to log runs to MLflow, or off")
+    default_store = root / "mlflow"
+    folder = default_store if not uri else _sqlite_folder(uri)  # artifacts beside an SQLite DB
+    explicit = os.environ.get("PEFTFLOW_MLFLOW_ARTIFACT_ROOT")
+    artifact_root = (Path(explicit).expanduser().resolve() if explicit
+                     else None if folder is None else folder / "artifacts")
+    return Tracking(
+        tracker=Tracker(name),
+        uri=uri or f"sqlite:///{default_store / 'mlflow.db'}",
+        experiment=(os.environ.get("PEFTFLOW_MLFLOW_EXPERIMENT") or "").strip() or None,
+        artifact_root=artifact_root,
+        log_adapter=_flag("PEFTFLOW_MLFLOW_LOG_ADAPTER", False),
+    )
+
+
+# MLflow's own client settings, applied unless the user set them. Its defaults (120 s timeout,
+# 7 retries with backoff: about 4 minutes per request) would hold the run_summary task for many
+# minutes when the tracker is down; these fail a dead tracker in about 3 s. DO_NOT_TRACK=1,
+# which our services set, does not switch MLflow's telemetry off ("true" does); this does.
+_MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def set_mlflow_defaults(*, file_store: bool) -> None:
+    """Set MLflow's client variables (call before importing mlflow); a file store is allowed
+    only when it is the configured store (MLflow refuses it unless MLFLOW_ALLOW_FILE_STORE)."""
+    for key, value in _MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if file_store:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
 def env_str(name: str, default: str | None = None) -> str | None:
     """One environment variable, for modules that must not read os.environ themselves."""
     return os.environ.get(name, default)
@@ -102,7 +196,10 @@ def base_env(extra: dict[str, str]) -> dict[str, str]:
 
 # Connection URIs, variables, the metadata DB URL and API credentials: never for a stage.
 _SECRET_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
-_SECRET_NAMES = frozenset({"PEFTFLOW_DB_URL", "PEFTFLOW_API_PASSWORD", "PEFTFLOW_API_USER"})
+_SECRET_NAMES = frozenset({"PEFTFLOW_DB_URL", "PEFTFLOW_API_PASSWORD", "PEFTFLOW_API_USER",
+                           # a tracking URI can carry a password; stages never track
+                           "PEFTFLOW_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
+                           "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"})
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
