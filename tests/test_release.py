@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,24 +106,29 @@ def _prepare(folder: Path, quality: str) -> None:
     rec.write("success")
 
 
-def _train(folder: Path, base: Path, seed: int) -> None:
+def _train(folder: Path, base: Path, seed: int, profile: Path,
+           losses: Sequence[float] | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     adapter = save_adapter(folder / "rwkv-1.pth", seed)
     tiny_png(folder / "loss_curve.png", 90)
     rec = StageRecorder("train_adapter", folder)
+    rec.add_input("profile", profile)
     rec.add_input("base_model", base)
     rec.add_output("adapter", adapter)
     rec.add_output("loss_curve", folder / "loss_curve.png")
+    if losses is not None:  # as RWKV-PEFT writes it: one JSON object per optimizer step
+        (folder / "loss_data.jsonl").write_text("".join(
+            json.dumps({"loss": loss, "t_cost": 0.5, "kt_s": 1.0}) + "\n" for loss in losses))
+        rec.add_output("loss_data", folder / "loss_data.jsonl")
     rec.metrics.update({"final_loss": 3.25, "steps": 50, "backend": "cpu-reference"})
     rec.write("success")
 
 
-def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str,
-              baseline: Path | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def default_suites() -> dict[str, dict]:
+    """The `suites` of the metrics.json make_run writes unless it is given others."""
     files = {"file": str(ROOT / "configs/eval/pydoc_domain.yaml"), "file_sha256": "1" * 64,
              "data_sha256": "2" * 64, "ctx_len": 128}
-    suites = {
+    return {
         "pydoc_domain": {**files, "kind": "domain", "documents": 37, "tokens": 4096,
                          "base_loss": 6.5, "adapted_loss": 5.61, "base_ppl": 665.1,
                          "adapted_ppl": 273.1, "relative_change": -0.1369, "ci95": [-0.15, -0.12]},
@@ -130,6 +136,12 @@ def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str,
                     "base_loss": 7.0, "adapted_loss": 7.09, "base_ppl": 1096.6,
                     "adapted_ppl": 1199.8, "relative_change": 0.0129, "ci95": [0.005, 0.02]},
     }
+
+
+def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str,
+              baseline: Path | None = None, suites: dict[str, dict] | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    suites = default_suites() if suites is None else suites
     (folder / "metrics.json").write_text(json.dumps({
         "schema_version": 1,
         "profile": {"name": PROFILE, "path": "/x/smoke_cpu.yaml", "sha256": "3" * 64},
@@ -168,8 +180,14 @@ def _evaluate(folder: Path, adapter: Path, base: Path, verdict: str,
 
 def make_run(tmp: Path, name: str = "run1", seed: int = 1, verdict: str = "pass",
              quality: str = "pass", base: Path | None = None,
-             baseline: Path | None = None) -> Run:
-    """A run's real stage outputs under tmp/name, sharing one base model and releases root."""
+             baseline: Path | None = None, suites: dict[str, dict] | None = None,
+             losses: Sequence[float] | None = None,
+             profile_edits: Sequence[tuple[str, str]] = ()) -> Run:
+    """A run's real stage outputs under tmp/name, sharing one base model and releases root.
+
+    `suites` replaces the metrics.json suites (default_suites()), `losses` writes a
+    loss_data.jsonl, `profile_edits` are (old, new) text replacements in the profile YAML.
+    """
     if base is None:
         base = tmp / "models" / "tiny.pth"
         if not base.exists():
@@ -178,13 +196,16 @@ def make_run(tmp: Path, name: str = "run1", seed: int = 1, verdict: str = "pass"
     work = tmp / name
     profile_text = (ROOT / "configs/profiles/smoke_cpu.yaml").read_text().replace(
         "base_model: smoke/rwkv7-tiny-L2-D128.pth", f"base_model: {base}")
+    for old, new in profile_edits:
+        assert old in profile_text, f"{old!r} is not in the smoke profile"
+        profile_text = profile_text.replace(old, new)
     (work / "cfg").mkdir(parents=True)
     profile = work / "cfg" / "smoke_cpu.yaml"
     profile.write_text(profile_text)
     _prepare(work / "prepare_dataset", quality)
-    _train(work / "train_adapter", base, seed)
+    _train(work / "train_adapter", base, seed, profile, losses)
     _evaluate(work / "evaluate_adapter", work / "train_adapter" / "rwkv-1.pth", base, verdict,
-              baseline)
+              baseline, suites)
     decision = gate.decide(work / "prepare_dataset" / "quality.json",
                            work / "evaluate_adapter" / "verdict.json", allow_warn=True)
     gate_file = gate.write_decision(decision, work / "release_gate" / "gate_decision.json")
@@ -243,6 +264,25 @@ def test_a_passing_run_is_released_with_a_valid_manifest_and_report(run: Run) ->
     assert registry.baseline_metrics_path(PROFILE) == folder / "metrics.json"
     assert json.loads(current.metrics_path.read_text())["suites"]["lambada"]["kind"] == "retention"
     assert registry.verify_release(current) == []
+
+
+def test_a_release_carries_its_loss_data_and_a_copy_of_its_profile(tmp_path: Path,
+                                                                    run: Run) -> None:
+    """loss_data.jsonl is optional (older runs have none); the profile copy is always made."""
+    assert run.release().returncode == 0
+    without = registry.get_release(PROFILE, "r0001")
+    assert "loss_data" not in without.doc["files"]
+    assert without.doc["files"]["profile"] == "profile.yaml"
+    assert sha256_file(without.dir / "profile.yaml") == without.doc["profile"]["sha256"] \
+        == sha256_file(run.profile)
+    second = make_run(tmp_path, "run2", seed=2, losses=[3.5, 3.25, 3.0])
+    assert second.release("manual__2026-11-28T09:00:00").returncode == 0
+    released = registry.get_release(PROFILE, "r0002")
+    assert released.doc["files"]["loss_data"] == "loss_data.jsonl"
+    assert (released.dir / "loss_data.jsonl").read_bytes() == \
+        (second.train / "loss_data.jsonl").read_bytes()
+    assert {"loss_data.jsonl", "profile.yaml"} <= set(released.doc["files_sha256"])
+    assert registry.verify_release(released) == []
 
 
 def test_releasing_the_same_run_twice_is_a_noop(run: Run) -> None:

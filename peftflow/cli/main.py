@@ -27,6 +27,7 @@ AREAS = (
     "peftflow.cli.eval",
     "peftflow.cli.audit",
     "peftflow.cli.releases",
+    "peftflow.cli.compare",
     "peftflow.cli.doctor",
     "peftflow.cli.devices",
     "peftflow.cli.worker",

@@ -75,6 +75,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _profile_copy(req: ReleaseRequest) -> FileRef:
+    """The profile YAML as it was loaded: the release keeps a copy, since the file may change."""
+    ref = FileRef.of("profile", req.profile.path)
+    if ref.sha256 != req.profile.sha256:
+        raise IntegrityError(f"{ref.path}: the profile changed while it was being released "
+                             f"(loaded as {req.profile.sha256[:12]}..., now {ref.sha256[:12]}"
+                             "...); nothing was released. Rerun release_adapter")
+    return ref
+
+
 def _gather(req: ReleaseRequest) -> tuple[dict[str, dict[str, Any]], dict[str, FileRef]]:
     docs = {
         "prepare_dataset": _upstream(req.prepare_status, "prepare_dataset"),
@@ -83,14 +93,18 @@ def _gather(req: ReleaseRequest) -> tuple[dict[str, dict[str, Any]], dict[str, F
     }
     where = {"prepare_dataset": req.prepare_status, "train_adapter": req.train_status,
              "evaluate_adapter": req.eval_status}
+    # loss_data.jsonl travels with the release so that `peftflow compare` can overlay the
+    # curves of two releases after the run folders are cleaned up.
     wanted = [("prepare_dataset", "quality", True), ("train_adapter", "adapter", True),
-              ("train_adapter", "loss_curve", False), ("evaluate_adapter", "metrics", True),
+              ("train_adapter", "loss_curve", False), ("train_adapter", "loss_data", False),
+              ("evaluate_adapter", "metrics", True),
               ("evaluate_adapter", "verdict", True), ("evaluate_adapter", "eval_chart", False)]
     refs: dict[str, FileRef] = {}
     for stage, name, required in wanted:
         ref = _output(docs[stage], name, where[stage], required)
         if ref is not None:
             refs[name] = ref
+    refs["profile"] = _profile_copy(req)
     if req.merged is not None:
         recorded = _output(docs["evaluate_adapter"], "merged_model", req.eval_status, False)
         same = recorded is not None and Path(recorded.path) == req.merged.resolve()
@@ -167,7 +181,8 @@ def _build(tmp: Path, req: ReleaseRequest, version: str, decision: gate.GateDeci
            refs: dict[str, FileRef], facts: dict[str, Any]) -> None:
     names = {"adapter": "adapter.pth", "merged_model": "merged_model.pth",
              "metrics": "metrics.json", "verdict": "verdict.json", "quality": "quality.json",
-             "loss_curve": "loss_curve.png", "eval_chart": "eval_chart.png"}
+             "loss_curve": "loss_curve.png", "loss_data": "loss_data.jsonl",
+             "eval_chart": "eval_chart.png", "profile": "profile.yaml"}
     files: dict[str, str] = {}
     for role, ref in refs.items():
         _copy_verified(ref, tmp / names[role])

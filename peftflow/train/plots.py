@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,15 @@ def epoch_starts(steps: int, steps_per_epoch: int) -> list[int]:
     return list(range(0, steps, max(1, steps_per_epoch)))
 
 
+def moving_mean(losses: Sequence[float]) -> tuple[int, list[float]]:
+    """(window, means): the mean of each `window` consecutive steps, the first one ending at
+    step `window`; no means when there are too few steps to smooth (window 1)."""
+    window = max(1, min(20, len(losses) // 10))
+    if window == 1:
+        return 1, []
+    return window, [sum(losses[i - window:i]) / window for i in range(window, len(losses) + 1)]
+
+
 def loss_figure(records: list[dict[str, Any]], title: str, steps_per_epoch: int) -> Figure:
     """Per-step loss, its moving average, labelled epoch boundaries and resume points."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -50,9 +60,8 @@ def loss_figure(records: list[dict[str, Any]], title: str, steps_per_epoch: int)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="loss per step")
-    window = max(1, min(20, len(losses) // 10))
-    if len(losses) >= window > 1:
-        avg = [sum(losses[i - window:i]) / window for i in range(window, len(losses) + 1)]
+    window, avg = moving_mean(losses)
+    if avg:
         ax.plot(range(window, len(losses) + 1), avg, lw=1.6, label=f"mean of {window} steps")
     # x of step i (0-based) is i + 1, so an epoch starting at index s begins right of s + 0.5.
     # Labels count epochs from 1, as people do; the checkpoint files count from 0.
