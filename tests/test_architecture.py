@@ -63,7 +63,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("peftflow.store",),
     ("peftflow.dataset", "peftflow.train", "peftflow.evaluate", "peftflow.release"),
     ("peftflow.spec",),
-    ("peftflow.run",),
+    ("peftflow.run", "peftflow.track", "peftflow.notify"),
     ("peftflow.airflow",),
     ("peftflow.cli", "peftflow.stages", "peftflow.smoke"),
 )

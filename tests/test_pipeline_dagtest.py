@@ -28,8 +28,26 @@ def dag_folder(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> 
         "pipe_blocked.yaml": smoke.replace("dag_id: rwkv7_smoke_cpu", "dag_id: pipe_blocked")
         .replace("min_loss_improvement: 0.01", "min_loss_improvement: 0.99"),
     }, BUNDLE)
+    # experiment tracking switched on, as a user would: every run's summary logs it to MLflow
+    patch.setenv("PEFTFLOW_TRACKING", "mlflow")
+    patch.setenv("PEFTFLOW_MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     yield root / "dags"
     patch.undo()
+
+
+def _mlflow_run(run: Any) -> Any:
+    """The one MLflow run the run_summary task logged for this Airflow run."""
+    import mlflow
+
+    from peftflow import settings
+
+    client = mlflow.MlflowClient(settings.tracking().uri)
+    experiment = client.get_experiment_by_name(run.dag_id)
+    assert experiment is not None, "no MLflow experiment for this DAG"
+    found = client.search_runs([experiment.experiment_id],
+                               f"tags.`peftflow.run_id` = '{run.run_id}'")
+    assert len(found) == 1, [r.info.run_id for r in found]
+    return client, found[0]
 
 
 def _run(dag_folder: Path, dag_id: str, conf: dict[str, Any] | None = None) -> Any:
@@ -171,6 +189,35 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(ok_run: Any, dag_folder:
     assert all(ok_run.run_id in details[t] for t in STAGE_TASKS)  # where they came from
     assert summary["outcome"] == "already released"
     assert "1 stage(s) ran, 3 reused" in summary["headline"]  # the no-op release
+    # in MLflow the rerun links to the run that computed its results instead of copying them
+    client, tracked = _mlflow_run(run)
+    _, first = _mlflow_run(ok_run)
+    assert tracked.data.tags["peftflow.reused.train_adapter"] == first.info.run_id
+    assert client.get_metric_history(tracked.info.run_id, "train/loss") == []
+
+
+def test_a_run_is_in_mlflow_with_its_loss_history_metrics_and_gate_verdict(
+        ok_run: Any) -> None:
+    from peftflow.store import audit
+
+    from peftflow import settings
+    from peftflow.run import runinfo
+
+    client, tracked = _mlflow_run(ok_run)
+    run_dir = (settings.get().artifact_root / ok_run.dag_id
+               / runinfo.safe_segment(ok_run.run_id))
+    losses = [json.loads(line)["loss"] for line in (run_dir / "train_adapter" / "loss_data.jsonl")
+              .read_text().splitlines() if line.strip()]
+    history = client.get_metric_history(tracked.info.run_id, "train/loss")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(losses)
+    metrics = json.loads((run_dir / "evaluate_adapter" / "metrics.json").read_text())["suites"]
+    logged = tracked.data.metrics
+    for suite in metrics.values():
+        assert any(v == pytest.approx(suite["adapted_loss"]) for k, v in logged.items()
+                   if k.endswith("/adapted_loss")), logged
+    assert tracked.data.tags["peftflow.gate"] == "pass"
+    assert tracked.data.tags["peftflow.outcome"] == "released"
+    assert [e for e in audit.events(run_id=ok_run.run_id) if e["event"] == "tracking_logged"]
 
 
 REPORT_STAGE = '''

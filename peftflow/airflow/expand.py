@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from peftflow.airflow import edge as edge_profile
+from peftflow.notify import deadline
 from peftflow.run import stages
-from peftflow.spec.model import START_DATE, Spec, SpecKind
+from peftflow.spec.model import START_DATE, Spec, SpecKind, Stage
 
 STAGE_OPERATOR = "operators.stage.StageOperator"
 GATE_OPERATOR = "operators.gate.ReleaseGateOperator"
@@ -19,11 +20,20 @@ SUMMARY_OPERATOR = "operators.summary.RunSummaryOperator"
 GATE_TASK = "release_gate"
 SUMMARY_TASK = "run_summary"
 DATASET_ASSET_SCHEME = "peftflow-dataset"
+RELEASE_ASSET_SCHEME = "peftflow-release"
+# release_adapter's outlet: the asset (one per profile) is only known when the task runs, as a
+# trigger may choose another allowed profile, so the task adds the event through this alias
+RELEASE_ALIAS = "peftflow-releases"
 
 
 def dataset_asset_uri(name: str) -> str:
     """The Airflow asset of a dataset: one per dataset name, an event per new version."""
     return f"{DATASET_ASSET_SCHEME}://{name}"
+
+
+def release_asset_uri(profile: str) -> str:
+    """The Airflow asset of a training profile's releases: an event per new version."""
+    return f"{RELEASE_ASSET_SCHEME}://{profile}"
 
 
 def _seconds(value: int) -> dict[str, Any]:
@@ -101,6 +111,8 @@ def _task(spec: Spec, stage: stages.StageDef, upstream: str | None,
         # Edge counts pool_slots against the worker's concurrency (= its GPUs)
         task["executor"] = edge_profile.EDGE_EXECUTOR
         task["queue"] = spec.queue
+    if stage.name == Stage.RELEASE:
+        task["outlets"] = [{"__type__": "airflow.sdk.AssetAlias", "name": RELEASE_ALIAS}]
     if stage.name in spec.timeouts:
         task["execution_timeout"] = _seconds(spec.timeouts[stage.name])
     if upstream:
@@ -146,10 +158,13 @@ def dag_config(spec: Spec, edge: bool = False) -> dict[str, Any]:
             tasks[task_id] = _task(spec, stages.get(task_id), upstream, edge)
         upstream = task_id
     # A teardown: it runs after every outcome and does not decide the run's state.
-    tasks[SUMMARY_TASK] = {"operator": SUMMARY_OPERATOR, "retries": 0,
-                           "dependencies": [upstream]}
+    tasks[SUMMARY_TASK] = {"operator": SUMMARY_OPERATOR, "spec_file": str(spec.path),
+                           "retries": 0, "dependencies": [upstream]}
+    alert = deadline.alert_config(spec)
     return {
         spec.dag_id: {
+            # an Airflow DeadlineAlert (dag-factory 1.1 does not pass it on: the loader does)
+            **({"deadline": alert} if alert else {}),
             "description": spec.description,
             "tags": sorted({"peftflow", *spec.tags}),
             "schedule": _schedule(spec),

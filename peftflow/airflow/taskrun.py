@@ -100,7 +100,28 @@ def run_stage(op: StageTask, context: Context) -> dict[str, Any]:
         return plan.record(earlier, Path(earlier["_status_path"]), key, reused=True)
     if forced:
         op.log.info("force_rerun is set: not reusing earlier results")
-    return _execute(op, stage, run, the_plan, key, _preferred_devices(stage, upstream))
+    record = _execute(op, stage, run, the_plan, key, _preferred_devices(stage, upstream))
+    if stage == Stage.RELEASE:
+        _release_event(op, context, run, record)
+    return record
+
+
+def _release_event(op: LoggingTask, context: Context, run: runinfo.RunInfo,
+                   record: dict[str, Any]) -> None:
+    """A new version is an event on the asset peftflow-release://<profile> (through the
+    task's asset alias), so a team's own DAG scheduled on it starts with the version in
+    its extra. A no-op release (this adapter is already out) makes no event."""
+    from airflow.sdk import Asset, AssetAlias
+
+    m = record.get("metrics") or {}
+    if m.get("noop") or not m.get("version"):
+        return
+    manifest = (record.get("outputs") or {}).get("release_manifest", {}).get("path")
+    uri = expand.release_asset_uri(str(m["profile"]))
+    extra = {"profile": m["profile"], "version": m["version"], "manifest": manifest,
+             "release_dir": m.get("release_dir"), "dag_id": run.dag_id, "run_id": run.run_id}
+    context["outlet_events"][AssetAlias(expand.RELEASE_ALIAS)].add(Asset(uri), extra=extra)
+    op.log.info("asset event %s: version %s (manifest %s)", uri, m["version"], manifest)
 
 
 def _preferred_devices(stage: str, upstream: dict[str, dict[str, Any]]) -> str:
@@ -150,8 +171,11 @@ def _execute(op: StageTask, stage: str, run: runinfo.RunInfo, the_plan: plan.Sta
         tail = "\n".join(finished.tail[-8:])
         message = (f"{stage} exited {finished.returncode} ({code.name}, "
                    f"{'retryable' if code.retryable else 'permanent'}):\n{tail}")
+        # the last lines say why (out of memory, a traceback's last line): the run summary's
+        # notification quotes them; the audit trail redacts secret-looking values in them
         _event(run, "task_failed", stage=stage, outcome="failed",
-               details={"exit_code": finished.returncode, "class": code.name})
+               details={"exit_code": finished.returncode, "class": code.name,
+                        "output_tail": [line[:300] for line in finished.tail[-5:]]})
         raise (AirflowException if code.retryable else AirflowFailException)(message)
     try:
         doc = check_outputs(stage, the_plan.out_dir)
@@ -257,7 +281,7 @@ def _task_states(context: Context, run: runinfo.RunInfo) -> dict[str, str | None
         return {}
 
 
-def run_summary(op: LoggingTask, context: Context) -> dict[str, Any]:
+def run_summary(op: GateTask, context: Context) -> dict[str, Any]:
     """The run_summary teardown: log what the run did, keep it as a file, set the run note.
 
     Never fails: a summary that cannot be written or a note that cannot be set is a warning
@@ -285,7 +309,57 @@ def run_summary(op: LoggingTask, context: Context) -> dict[str, Any]:
     except OSError as exc:
         op.log.warning("could not write run_summary.json (%s)", exc)
     _set_note(op, run, summary.note_markdown())
+    spec = _summary_spec(op, run)
+    if spec is not None:
+        _notify_outcome(op, context, run, spec, summary, records, events)
+    _track(op, run, summary, records)
     return summary.as_dict()
+
+
+def _summary_spec(op: GateTask, run: runinfo.RunInfo) -> Spec | None:
+    if not op.spec_file:
+        return None
+    try:
+        return validate.load_spec(Path(op.spec_file))
+    except PeftflowError as exc:
+        op.log.warning("no notifications for this run: its spec does not load (%s)", exc)
+        return None
+
+
+def _notify_outcome(op: LoggingTask, context: Context, run: runinfo.RunInfo, spec: Spec,
+                    summary: Any, records: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    """The one message about how this run ended; once per try of this task (a run cleared
+    and run again ends again, and says so)."""
+    from peftflow.notify import deliver, message
+
+    if not spec.notify.channels:
+        return
+    try:
+        msg = message.outcome_message(spec, summary, records, events,
+                                      run.stage_dir(GATE_TASK) / "gate_decision.json")
+        if msg is not None:
+            deliver.send(spec, msg, run_dir=run.run_dir(), once=f"outcome.{run.try_number}",
+                         context=context, task_id=run.task_id, task_log=op.log)
+    except Exception as exc:  # a notification bug must not fail the run it reports on
+        op.log.warning("NOTIFY failed before sending (the run's outcome is unchanged): %s: %s",
+                       type(exc).__name__, exc)
+
+
+def _track(op: LoggingTask, run: runinfo.RunInfo, summary: Any,
+           records: dict[str, Any]) -> None:
+    """Experiment tracking (MLflow), when switched on; never fails the run (log_run never
+    raises and audits tracking_logged / tracking_failed itself)."""
+    from peftflow import track
+
+    result = track.log_run(dag_id=run.dag_id, run_id=run.run_id, records=records,
+                           summary=summary.as_dict(), params=run.params, task_id=run.task_id)
+    if result.status is track.TrackStatus.OFF:
+        return
+    line = f"TRACKING {result.status.value}: {result.message}"
+    if result.status is track.TrackStatus.FAILED:
+        op.log.warning("%s (the run's outcome is unchanged)", line)
+    else:
+        op.log.info("%s", line)
 
 
 def _set_note(op: LoggingTask, run: runinfo.RunInfo, text: str) -> None:

@@ -95,6 +95,15 @@ def retrain_checks() -> list[Check]:
     return found
 
 
+def notify_checks() -> list[Check]:
+    """Each spec channel's connection exists, with the type and fields the channel needs."""
+    from peftflow.notify import connections
+
+    settings.use_project_airflow_home()
+    specs = validate.validate_paths([settings.get().project_root / "dag_specs"]).specs
+    return [Check(*found) for found in connections.channel_checks(specs)]
+
+
 def tokenizer_check() -> Check:
     """Which World tokenizer prepare_dataset uses: ours (C) is about 4x the Rust fallback."""
     from peftflow.dataset import tokenizer
@@ -292,6 +301,7 @@ def run(airflow_only: bool, profiles: list[str]) -> list[Check]:
     checks.extend(device_checks())
     checks.append(secret_files_check())
     checks.extend(retrain_checks())
+    checks.extend(notify_checks())
     if airflow_only:
         return checks
     s = settings.get()

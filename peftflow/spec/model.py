@@ -78,6 +78,53 @@ class TriggerPolicy:
     note_max_length: int = 500
 
 
+class NotifyEvent(enum.StrEnum):
+    """What a notification channel can be told. A run sends at most one outcome message."""
+
+    RUN_FAILED = "run_failed"
+    RETRIES_EXHAUSTED = "retries_exhausted"  # a run_failed whose stage used all its tries
+    RELEASE_BLOCKED = "release_blocked"
+    RELEASED = "released"
+    TRAINING_OVERDUE = "training_overdue"
+
+
+class ChannelType(enum.StrEnum):
+    EMAIL = "email"  # apache-airflow-providers-smtp's SmtpNotifier
+    SLACK = "slack"  # apache-airflow-providers-slack's SlackWebhookNotifier
+
+
+@dataclass(frozen=True)
+class NotifyChannel:
+    type: ChannelType
+    connection: str  # an Airflow connection id: the credentials live there, never in a spec
+    events: frozenset[NotifyEvent]
+    to: tuple[str, ...] = ()
+
+    def wants(self, event: NotifyEvent) -> bool:
+        if event in self.events:
+            return True
+        # a failure that used up its retries is still a failed run
+        return event is NotifyEvent.RETRIES_EXHAUSTED and NotifyEvent.RUN_FAILED in self.events
+
+
+@dataclass(frozen=True)
+class Notify:
+    channels: tuple[NotifyChannel, ...] = ()
+    training_overdue_after_s: int | None = None
+
+
+def _notify(data: dict[str, Any] | None) -> Notify:
+    if not data:
+        return Notify()
+    channels = tuple(
+        NotifyChannel(type=ChannelType(c["type"]), connection=c["connection"],
+                      events=frozenset(NotifyEvent(e) for e in c.get("events", list(NotifyEvent))),
+                      to=tuple(c.get("to", ())))
+        for c in data["channels"])
+    overdue = data.get("training_overdue_after_s")
+    return Notify(channels, None if overdue is None else int(overdue))
+
+
 @dataclass(frozen=True)
 class Spec:
     dag_id: str
@@ -108,6 +155,7 @@ class Spec:
     # "eval_devices" for evaluation): a GPU task's pool slots, fixed when the DAG is parsed.
     max_devices: dict[str, int] = field(default_factory=dict)
     queue: str = DEFAULT_QUEUE  # the Edge queue of the GPU tasks (its profile's runtime.queue)
+    notify: Notify = field(default_factory=Notify)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retry_policy(self, stage: str) -> RetryPolicy:
@@ -181,4 +229,5 @@ def from_data(data: dict[str, Any], path: Path, sha256: str) -> Spec:
         suite_paths=tuple(resolve_ref(ref) for ref in data["eval_suites"]),
         max_devices=dict(data.get(DERIVED_KEY, {}).get("max_devices", {})),
         queue=str(data.get(DERIVED_KEY, {}).get("queue", DEFAULT_QUEUE)),
+        notify=_notify(data.get("notify")),
     )

@@ -111,6 +111,7 @@ class _Checker:
         step(self._consistency, prof, manifest)
         step(self._devices)
         step(self._queues)
+        step(self._notify)
         step(self._orchestration)
 
     def _text(self) -> None:
@@ -300,6 +301,34 @@ class _Checker:
                      f"runtime.queue values ({', '.join(sorted(queues))}); a DAG's GPU tasks "
                      "have one queue, fixed when the DAG is parsed: give them the same queue "
                      "or make a spec per queue")
+
+    def _notify(self) -> None:
+        """Channels that can deliver what they subscribe to: e-mail needs recipients, a
+        webhook has none; a deadline needs a channel that hears it, and the reverse."""
+        notify = self.data.get("notify")
+        if not notify:
+            return
+        overdue_heard = False
+        for i, channel in enumerate(notify["channels"]):
+            at = f"$.notify.channels[{i}]"
+            if channel["type"] == "email" and not channel.get("to"):
+                self.add(at, "an email channel needs `to:` (a list of recipients), e.g. "
+                         "to: [ml-team@example.com]")
+            if channel["type"] != "email" and "to" in channel:
+                self.add(f"{at}.to", f"a {channel['type']} channel has no recipients (the "
+                         "webhook in its connection decides where messages go); remove `to:`")
+            events = channel.get("events")
+            overdue_heard |= events is None or "training_overdue" in events
+        if "training_overdue_after_s" in notify and not overdue_heard:
+            self.add("$.notify.training_overdue_after_s", "no channel lists training_overdue "
+                     "in its events, so the deadline would tell nobody; add training_overdue "
+                     "to a channel's events or remove training_overdue_after_s")
+        for i, channel in enumerate(notify["channels"]):
+            if "training_overdue" in channel.get("events", ()) and \
+                    "training_overdue_after_s" not in notify:
+                self.add(f"$.notify.channels[{i}].events", "training_overdue needs "
+                         "notify.training_overdue_after_s (seconds after the run is queued by "
+                         "which training should be done), e.g. training_overdue_after_s: 21600")
 
     def _devices(self) -> None:
         """No profile may ask for more GPUs than this host's inventory lists: its task would

@@ -61,6 +61,10 @@ class EventKind(enum.StrEnum):
     TRIGGER_RECEIVED = "trigger_received"
     ORPHAN_STOPPED = "orphan_stopped"
     AUDIT_KEY_ROTATED = "audit_key_rotated"
+    NOTIFICATION_SENT = "notification_sent"
+    NOTIFICATION_FAILED = "notification_failed"
+    TRACKING_LOGGED = "tracking_logged"
+    TRACKING_FAILED = "tracking_failed"
 
 
 # Keys whose values are never written. Split on separators and camelCase first, so that

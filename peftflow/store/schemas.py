@@ -62,8 +62,9 @@ def _fix_hint(error: jsonschema.ValidationError) -> str:
         return f"; use a value <= {value}"
     if kind in ("exclusiveMinimum", "exclusiveMaximum"):
         return f"; the limit is {value}, exclusive"
-    if kind == "pattern":
-        return f"; it must match {value}"
+    if kind == "pattern":  # a schema may say in words what its pattern wants
+        hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
+        return f"; {hint}" if hint else f"; it must match {value}"
     if kind == "minItems":
         return f"; give at least {value} item(s)"
     if kind == "minLength":

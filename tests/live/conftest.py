@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).parent))  # the harness modules beside thi
 
 import live_postgres
 import live_scenarios
+import receivers as live_receivers
 from live_harness import Live, copy_project_files, free_port, service_env
 
 HERE = Path(__file__).parent
 MEASUREMENTS: list[dict[str, Any]] = []
 REPORT = Path(tempfile.gettempdir()) / "peftflow-live-measurements.json"
-_ENV_PREFIXES = ("PEFTFLOW_", "AIRFLOW__", "AIRFLOW_HOME")
+_ENV_PREFIXES = ("PEFTFLOW_", "AIRFLOW__", "AIRFLOW_HOME", "AIRFLOW_CONN_")
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -179,6 +180,9 @@ def _deployment(kind: str, measure: Callable[..., None]) -> Iterator[Live]:
     if kind in (GPUS_KIND, EDGE_KIND):
         env.update({"PEFTFLOW_DEVICES_CONFIG": str(root / "devices.yaml"),
                     "PEFTFLOW_PARALLELISM": "4"})
+    if kind == "sqlite":  # the notification tests' receivers (started by those tests)
+        env.update(live_receivers.connections_env(free_port(), free_port(), free_port(),
+                                                  free_port()))
     if kind == EDGE_KIND:  # a dead worker's task is failed (and retried) after 30 s
         env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = "30"
     live = Live(kind, root, env)

@@ -51,6 +51,17 @@ FAKE_DEVICES = ("0", "1")
 EDGE = "live_edge"  # the edge deployment (write_edge): GPU stages on two Edge workers
 EDGE_FAULT = "live_edge_fault"  # ... a worker killed during training (checkpoints per epoch)
 PAUSED_AT_START = (BACKFILL,)
+# Notifications (test_live_notify.py): a release, a blocked gate, a failure whose retries run
+# out, receivers that are down, and a deadline passed during training. Their own profile name,
+# so the release asset peftflow-release://live-notify-cpu belongs to these runs alone.
+NOTIFY_OK = "live_notify_ok"
+NOTIFY_BLOCKED = "live_notify_blocked"
+NOTIFY_FAILED = "live_notify_failed"  # train_adapter.sh exits 75 (retryable) for this DAG
+NOTIFY_DOWN = "live_notify_down"
+NOTIFY_SLOW = "live_notify_slow"
+NOTIFY_PROFILE = "live-notify-cpu"
+OVERDUE_AFTER_S = 12
+CONSUMER = "live_release_consumer"  # a team's own DAG, scheduled on the release asset
 
 
 def docs(start: int, count: int) -> list[str]:
@@ -91,21 +102,97 @@ def _write(folder: Path, doc: dict[str, Any]) -> None:
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+def _double(scripts: Path, stage: str, dag_id: str, why: str, body: str) -> None:
+    """scripts/<stage>.sh that runs `body` for DAG `dag_id` and the real stage for the rest."""
+    real = shlex.quote(str(ROOT / "scripts" / f"{stage}.sh"))
+    (scripts / f"{stage}.sh").write_text(
+        "#!/usr/bin/env bash\n"
+        f"# Test double (tests/live): {why} for one DAG.\n"
+        "set -euo pipefail\n"
+        f'if [[ "${{PEFTFLOW_DAG_ID:-}}" == "{dag_id}" ]]; then\n'
+        f"{body}fi\n"
+        f'exec {real} "$@"\n')
+
+
 def _scripts(root: Path) -> Path:
-    """A copy of scripts/ whose prepare_dataset.sh, for DAG live_no_artifact only, exits 0
-    without writing anything (every other DAG runs the real stage)."""
+    """A copy of scripts/ with two test doubles: prepare_dataset.sh exits 0 without writing
+    anything for DAG live_no_artifact, train_adapter.sh fails with a resource error (75,
+    retried) for live_notify_failed; every other DAG runs the real stages."""
     scripts = root / "scripts"
     shutil.copytree(ROOT / "scripts", scripts)
-    real = shlex.quote(str(ROOT / "scripts" / "prepare_dataset.sh"))
-    (scripts / "prepare_dataset.sh").write_text(
-        "#!/usr/bin/env bash\n"
-        "# Test double (tests/live): succeeds without its artifact for one DAG.\n"
-        "set -euo pipefail\n"
-        f'if [[ "${{PEFTFLOW_DAG_ID:-}}" == "{NO_ARTIFACT}" ]]; then\n'
-        '  echo "prepare_dataset (test double): exiting 0 without writing anything"\n'
-        "  exit 0\nfi\n"
-        f'exec {real} "$@"\n')
+    _double(scripts, "prepare_dataset", NO_ARTIFACT, "succeeds without its artifact",
+            '  echo "prepare_dataset (test double): exiting 0 without writing anything"\n'
+            "  exit 0\n")
+    _double(scripts, "train_adapter", NOTIFY_FAILED, "a resource failure (75, retried)",
+            '  echo "train_adapter (test double): CUDA out of memory (simulated)" >&2\n'
+            "  exit 75\n")
     return scripts
+
+
+def _consumer_dag(root: Path) -> None:
+    """The README's downstream DAG, writing each release it hears of to a file."""
+    received = root / "received"
+    (root / "project" / "dags" / f"{CONSUMER}.py").write_text(f'''"""A team's own DAG (tests/live).
+
+It runs on each new {NOTIFY_PROFILE} release.
+"""
+import json
+from pathlib import Path
+
+from airflow.sdk import Asset, dag, task
+
+RELEASES = Asset("peftflow-release://{NOTIFY_PROFILE}")
+
+
+@dag(dag_id="{CONSUMER}", schedule=RELEASES, is_paused_upon_creation=False,
+     tags=["live-test"])
+def consumer():
+    @task
+    def deploy(triggering_asset_events=None):
+        for event in triggering_asset_events[RELEASES]:
+            out = Path({str(received)!r}) / (event.extra["version"] + ".json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(event.extra))
+            print("deploying", event.extra["version"], event.extra["manifest"])
+
+    deploy()
+
+
+consumer()
+''')
+
+
+def _notify_specs(root: Path, gate: dict[str, Any]) -> list[dict[str, Any]]:
+    import receivers as rx
+
+    profile = yaml.safe_load((ROOT / TINY).read_text())
+    profile["name"] = NOTIFY_PROFILE
+    (root / "notify_profile.yaml").write_text(yaml.safe_dump(profile))
+    slow = yaml.safe_load((ROOT / FAULT).read_text())
+    slow["name"] = "live-notify-slow-cpu"
+    (root / "notify_slow_profile.yaml").write_text(yaml.safe_dump(slow))
+
+    def channels(smtp: str, slack: str) -> dict[str, Any]:
+        return {"channels": [{"type": "email", "connection": smtp, "to": ["team@example.com"]},
+                             {"type": "slack", "connection": slack,
+                              "events": ["run_failed", "release_blocked", "released"]}]}
+
+    both = channels(rx.SMTP_CONN, rx.SLACK_CONN)
+    fast_retry = {"default": {"retries": 1, "retry_delay_s": 1}}
+    _consumer_dag(root)
+    return [
+        _spec(NOTIFY_OK, profile=str(root / "notify_profile.yaml"), notify=both),
+        _spec(NOTIFY_BLOCKED, profile=str(root / "notify_profile.yaml"), notify=both,
+              gate={**gate, "domain": {"min_loss_improvement": 0.99}}),
+        _spec(NOTIFY_FAILED, profile=str(root / "notify_profile.yaml"), notify=both,
+              retries=fast_retry),
+        _spec(NOTIFY_DOWN, profile=str(root / "notify_profile.yaml"),
+              notify=channels(rx.DOWN_SMTP_CONN, rx.DOWN_SLACK_CONN)),
+        _spec(NOTIFY_SLOW, profile=str(root / "notify_slow_profile.yaml"),
+              notify={"channels": [{"type": "slack", "connection": rx.SLACK_CONN,
+                                    "events": ["training_overdue"]}],
+                      "training_overdue_after_s": OVERDUE_AFTER_S}),
+    ]
 
 
 def write_all(root: Path, kind: str) -> list[str]:
@@ -167,6 +254,7 @@ def write_all(root: Path, kind: str) -> list[str]:
         _spec(OVERRIDABLE, gate={**smoke["gate"], "allow_override": True}),
         _spec(BACKFILL, schedule={"enabled": True, "cron": "0 3 * * *", "timezone": "UTC",
                                   "catchup": False}),
+        *_notify_specs(root, smoke["gate"]),
     ]
     for doc in docs_by_id:
         _write(specs, doc)

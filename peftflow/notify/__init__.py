@@ -1,0 +1,1 @@
+"""Notifications declared in a spec's `notify:` section, sent through Airflow's notifiers."""
