@@ -1,7 +1,8 @@
 """Real receivers on loopback for the notification tests: an SMTP server (aiosmtpd) and an
 HTTP server standing in for a Slack incoming webhook. Both keep what they received; the
-test starts and stops them. Their Airflow connections reach the services as AIRFLOW_CONN_*
-variables, written when the deployment is created (ports chosen then)."""
+test starts and stops them. The live suite adds their connections to the metadata DB with
+`airflow connections add` (as a user would) when the deployment is created, ports chosen
+then; the in-process tests give them as AIRFLOW_CONN_* variables."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ DOWN_SLACK_CONN = "live_slack_down"
 # the webhook's credential: it must never show up in a log, a note or the audit trail
 WEBHOOK_TOKEN = "T0LIVE/B0LIVE/live-webhook-secret-7f3a9c"
 FROM = "peftflow-live@localhost"
+CONNECTIONS_FILE = "notify-connections.json"  # in a live deployment's root: id -> JSON
 
 
-def connections_env(smtp_port: int, slack_port: int, down_smtp: int,
-                    down_slack: int) -> dict[str, str]:
-    """AIRFLOW_CONN_* variables of the four connections (JSON form)."""
+def connections(smtp_port: int, slack_port: int, down_smtp: int,
+                down_slack: int) -> dict[str, str]:
+    """The four connections, id -> Airflow's JSON form (`airflow connections add --conn-json`,
+    or the value of an AIRFLOW_CONN_<ID> variable)."""
     def smtp(port: int) -> str:
         return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port,
                            "extra": {"from_email": FROM, "disable_ssl": True,
@@ -37,14 +40,12 @@ def connections_env(smtp_port: int, slack_port: int, down_smtp: int,
                            "host": f"http://127.0.0.1:{port}/services",
                            "password": WEBHOOK_TOKEN})
 
-    return {f"AIRFLOW_CONN_{SMTP_CONN.upper()}": smtp(smtp_port),
-            f"AIRFLOW_CONN_{SLACK_CONN.upper()}": slack(slack_port),
-            f"AIRFLOW_CONN_{DOWN_SMTP_CONN.upper()}": smtp(down_smtp),
-            f"AIRFLOW_CONN_{DOWN_SLACK_CONN.upper()}": slack(down_slack)}
+    return {SMTP_CONN: smtp(smtp_port), SLACK_CONN: slack(slack_port),
+            DOWN_SMTP_CONN: smtp(down_smtp), DOWN_SLACK_CONN: slack(down_slack)}
 
 
-def port_of(env: dict[str, str], conn: str) -> int:
-    doc = json.loads(env[f"AIRFLOW_CONN_{conn.upper()}"])
+def port_of(conns: dict[str, str], conn: str) -> int:
+    doc = json.loads(conns[conn])
     return int(doc.get("port") or doc["host"].rsplit(":", 1)[1].split("/")[0])
 
 

@@ -9,7 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 import receivers as rx
 
 from peftflow.airflow import expand, loader, runsummary
-from peftflow.notify import deadline, deliver, message
+from peftflow.notify import deliver, message, overdue
 from peftflow.spec import validate
 from peftflow.spec.model import ChannelType, Notify, NotifyChannel, NotifyEvent, Spec
 from peftflow.store import audit
@@ -42,8 +42,8 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[rx.SmtpReceiver,
                                                                rx.WebhookReceiver]]:
     """Both receivers up, and the four connections (two pointing where nothing listens)."""
     ports = [_free_port() for _ in range(4)]
-    for key, value in rx.connections_env(*ports).items():
-        monkeypatch.setenv(key, value)
+    for conn_id, doc in rx.connections(*ports).items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", doc)
     smtp, hook = rx.SmtpReceiver(ports[0]).start(), rx.WebhookReceiver(ports[1]).start()
     try:
         yield smtp, hook
@@ -100,31 +100,18 @@ def _released(tmp_path: Path) -> tuple[runsummary.RunSummary, dict[str, Any], Pa
     return _summary(events, records), records, _decision(tmp_path, True, [])
 
 
-def test_a_notify_section_expands_to_a_deadline_alert_and_the_release_has_an_asset_alias(
+def test_the_release_task_has_the_asset_alias_and_the_summary_its_spec(
         notify_spec: Spec) -> None:
+    from airflow.sdk import AssetAlias
+
     config = expand.dag_config(notify_spec)[notify_spec.dag_id]
-    alert = config["deadline"]
-    assert alert["interval"] == {"__type__": "datetime.timedelta", "seconds": 21600}
-    assert alert["reference"]["__type__"].endswith("DagRunQueuedAtDeadline")
-    assert alert["callback"]["callback_callable"] == deadline.CALLBACK
-    assert alert["callback"]["kwargs"] == {"spec_file": str(notify_spec.path)}
     assert config["tasks"]["release_adapter"]["outlets"] == [
         {"__type__": "airflow.sdk.AssetAlias", "name": expand.RELEASE_ALIAS}]
     assert config["tasks"]["run_summary"]["spec_file"] == str(notify_spec.path)
-    plain = validate.load_spec(FIXTURES / "valid" / "minimal.yaml")
-    assert "deadline" not in expand.dag_config(plain)[plain.dag_id]
-
-
-def test_airflow_builds_and_serialises_the_dag_with_its_deadline(notify_spec: Spec) -> None:
-    from airflow.sdk import AssetAlias
-    from airflow.serialization.serialized_objects import DagSerialization
-
     built: dict[str, Any] = {}
     loader._build(expand.dag_config(notify_spec), built)
-    dag = built[notify_spec.dag_id]
-    assert [a.interval for a in dag.deadline] == [timedelta(seconds=21600)]
-    assert dag.task_dict["release_adapter"].outlets == [AssetAlias(expand.RELEASE_ALIAS)]
-    assert deadline.CALLBACK in json.dumps(DagSerialization.to_dict(dag), default=str)
+    assert built[notify_spec.dag_id].task_dict["release_adapter"].outlets == [
+        AssetAlias(expand.RELEASE_ALIAS)]
 
 
 def test_a_release_message_names_the_version_the_metrics_that_passed_and_where_it_is(
@@ -265,49 +252,63 @@ def test_an_undefined_connection_is_a_failed_delivery_that_names_it(
     assert "no_such_hook" in results[1].error and "isn't defined" in results[1].error
 
 
-def test_the_overdue_callback_sends_once_while_training_runs_and_never_after_it_is_done(
-        notify_spec: Spec, monkeypatch: pytest.MonkeyPatch,
+class _Run:
+    """The part of Airflow's DagRun the watch reads."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start_date = start
+
+
+def test_the_training_watch_sends_once_past_the_deadline_and_not_before(
+        notify_spec: Spec, tmp_path: Path,
         loopback: tuple[rx.SmtpReceiver, rx.WebhookReceiver]) -> None:
     _, hook = loopback
     spec = _with_channels(notify_spec, slack_events=frozenset({NotifyEvent.TRAINING_OVERDUE}))
-    monkeypatch.setattr(validate, "load_spec", lambda path, *a, **k: spec)
-    running, done = "manual__slow", "manual__fast"
-    audit.append_event({"event": "task_started", "dag_id": spec.dag_id, "run_id": running,
-                        "task_id": "train_adapter", "try_number": 1})
-    audit.append_event({"event": "task_succeeded", "dag_id": spec.dag_id, "run_id": done,
-                        "task_id": "train_adapter", "try_number": 1})
+    now = datetime.now(UTC)
 
-    def context(run_id: str, state: str = "running") -> dict[str, Any]:
-        # what Airflow's scheduler hands a deadline callback (handle_miss)
-        return {"dag_run": {"dag_id": spec.dag_id, "dag_run_id": run_id, "state": state,
-                            "queued_at": "2026-12-02T10:00:00Z"},
-                "deadline": {"id": "d1", "deadline_time": "2026-12-02T10:01:00Z"}}
+    def watch(started: datetime, run_id: str) -> Any:
+        tick = overdue.watch(spec, dag_id=spec.dag_id, run_id=run_id, try_number=2,
+                             run_dir=tmp_path / run_id, context={"dag_run": _Run(started)},
+                             task_log=None)
+        assert tick is not None
+        return tick
 
-    for _ in range(2):
-        deadline.on_training_overdue(spec_file=str(spec.path), context=context(running))
-    deadline.on_training_overdue(spec_file=str(spec.path), context=context(done))
-    deadline.on_training_overdue(spec_file=str(spec.path),
-                                 context=context("manual__over", "failed"))
+    early = watch(now, "manual__fresh")  # 60 s allowed, just started
+    late = watch(now - timedelta(seconds=90), "manual__slow")
+    for _ in range(3):
+        early()
+        late()
     texts = hook.texts()
     assert len(texts) == 1, texts
-    assert f"train_adapter of DAG {spec.dag_id}, run {running} is not done: running (try 1)" \
-        in texts[0]
-    assert "queued at 2026-12-02 10:00:00 UTC; training should have finished by " \
-        "2026-12-02 10:01:00 UTC" in texts[0]
-    assert "training_overdue_after_s: 60" in texts[0]
+    assert f"train_adapter of DAG {spec.dag_id}, run manual__slow is not done: running (try 2)" \
+        ", 90 s into the run." in texts[0], texts[0]
+    assert "training_overdue_after_s: 60" in texts[0] and " UTC; training should have " \
+        "finished by " in texts[0]
+    watch(now - timedelta(seconds=90), "manual__slow")()  # its retry: already told
+    assert len(hook.texts()) == 1
 
 
-def test_a_run_still_waiting_for_its_training_is_reported_as_not_started(
-        notify_spec: Spec) -> None:
-    assert deadline.training_state(notify_spec.dag_id, "manual__queued") == (
-        "not started yet (waiting for the GPU pool or an upstream stage)")
+def test_no_watch_without_a_deadline_or_a_channel_that_hears_it(notify_spec: Spec) -> None:
+    plain = validate.load_spec(FIXTURES / "valid" / "minimal.yaml")
+    args: dict[str, Any] = {"dag_id": "d", "run_id": "r", "try_number": 1,
+                            "run_dir": Path("/x"), "context": {}, "task_log": None}
+    assert overdue.watch(plain, **args) is None
+    deaf = dataclasses.replace(notify_spec, notify=Notify((NotifyChannel(
+        ChannelType.SLACK, "s", frozenset({NotifyEvent.RELEASED})),), 60))
+    assert overdue.watch(deaf, **args) is None
 
 
-def test_the_overdue_callback_never_raises_on_a_context_it_does_not_understand() -> None:
-    deadline.on_training_overdue(spec_file="/nonexistent.yaml", context={"dag_run": {}})
-    deadline.on_training_overdue(spec_file="/nonexistent.yaml", context=None)
-    deadline.on_training_overdue(spec_file="/nonexistent.yaml", context={"dag_run": {
-        "dag_id": "d", "dag_run_id": "r", "state": "running"}})
+def test_the_training_watch_never_raises_when_sending_breaks(
+        notify_spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(deliver, "send", broken)
+    tick = overdue.watch(_with_channels(notify_spec), dag_id="d", run_id="r", try_number=1,
+                         run_dir=tmp_path, task_log=None,
+                         context={"dag_run": _Run(datetime(2026, 1, 1, tzinfo=UTC))})
+    assert tick is not None
+    tick()  # logged, not raised
 
 
 def test_doctor_names_missing_mistyped_and_incomplete_channel_connections(

@@ -198,10 +198,9 @@ def test_rerun_with_unchanged_inputs_reuses_every_stage(ok_run: Any, dag_folder:
 
 def test_a_run_is_in_mlflow_with_its_loss_history_metrics_and_gate_verdict(
         ok_run: Any) -> None:
-    from peftflow.store import audit
-
     from peftflow import settings
     from peftflow.run import runinfo
+    from peftflow.store import audit
 
     client, tracked = _mlflow_run(ok_run)
     run_dir = (settings.get().artifact_root / ok_run.dag_id

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from peftflow.airflow import edge as edge_profile
-from peftflow.notify import deadline
 from peftflow.run import stages
 from peftflow.spec.model import START_DATE, Spec, SpecKind, Stage
 
@@ -160,11 +159,8 @@ def dag_config(spec: Spec, edge: bool = False) -> dict[str, Any]:
     # A teardown: it runs after every outcome and does not decide the run's state.
     tasks[SUMMARY_TASK] = {"operator": SUMMARY_OPERATOR, "spec_file": str(spec.path),
                            "retries": 0, "dependencies": [upstream]}
-    alert = deadline.alert_config(spec)
     return {
         spec.dag_id: {
-            # an Airflow DeadlineAlert (dag-factory 1.1 does not pass it on: the loader does)
-            **({"deadline": alert} if alert else {}),
             "description": spec.description,
             "tags": sorted({"peftflow", *spec.tags}),
             "schedule": _schedule(spec),

@@ -72,12 +72,8 @@ def _build(config: dict[str, Any], globals_dict: MutableMapping[str, Any]) -> No
     for dag_id, plain in config.items():
         dag_config = cast_with_type(plain)
         dag_config["task_groups"] = {}
-        # dag-factory 1.1 does not pass `deadline` on to the DAG: set it on the built one
-        alert = dag_config.pop("deadline", None)
         doc = json.dumps(config, indent=1)
         built = DagBuilder(dag_id, dag_config, {}, yml_dag=doc).build()
-        if alert is not None:
-            built["dag"].deadline = alert
         globals_dict[built["dag_id"]] = built["dag"]
 
 

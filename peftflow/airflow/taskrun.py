@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,14 @@ def run_stage(op: StageTask, context: Context) -> dict[str, Any]:
         return plan.record(earlier, Path(earlier["_status_path"]), key, reused=True)
     if forced:
         op.log.info("force_rerun is set: not reusing earlier results")
-    record = _execute(op, stage, run, the_plan, key, _preferred_devices(stage, upstream))
+    tick = None
+    if stage == Stage.TRAIN:  # notify.training_overdue_after_s, checked while it trains
+        from peftflow.notify import overdue
+
+        tick = overdue.watch(spec, dag_id=run.dag_id, run_id=run.run_id,
+                             try_number=run.try_number, run_dir=run.run_dir(),
+                             context=context, task_log=op.log)
+    record = _execute(op, stage, run, the_plan, key, _preferred_devices(stage, upstream), tick)
     if stage == Stage.RELEASE:
         _release_event(op, context, run, record)
     return record
@@ -137,7 +145,8 @@ def _preferred_devices(stage: str, upstream: dict[str, dict[str, Any]]) -> str:
 
 
 def _execute(op: StageTask, stage: str, run: runinfo.RunInfo, the_plan: plan.StagePlan,
-             key: str, prefer_devices: str = "") -> dict[str, Any]:
+             key: str, prefer_devices: str = "",
+             on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
     the_plan.out_dir.mkdir(parents=True, exist_ok=True)
     _event(run, "task_started", stage=stage, inputs=_refs(the_plan.inputs),
            details={"cache_key": key})
@@ -158,7 +167,7 @@ def _execute(op: StageTask, stage: str, run: runinfo.RunInfo, the_plan: plan.Sta
         op.log.info("%s", line)
 
     try:
-        finished = child.wait(on_line=show)
+        finished = child.wait(on_line=show, on_tick=on_tick)
     except BaseException:
         child.stop()  # execution_timeout or kill: take the whole group down
         _event(run, "task_failed", stage=stage, outcome="interrupted")

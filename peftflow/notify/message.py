@@ -183,15 +183,15 @@ def _when(text: str) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def overdue_message(spec: Spec, dag_id: str, run_id: str, queued: str, due: str,
+def overdue_message(spec: Spec, dag_id: str, run_id: str, started: str, due: str,
                     state: str) -> Message:
     after = spec.notify.training_overdue_after_s or 0
-    queued, due = _when(queued), _when(due)
+    started, due = _when(started), _when(due)
     return Message(
         NotifyEvent.TRAINING_OVERDUE,
-        f"[peftflow] {spec.dag_id}: training overdue (not done {after} s after queueing)",
+        f"[peftflow] {spec.dag_id}: training overdue (not done {after} s into the run)",
         (f"train_adapter of DAG {dag_id}, run {run_id} is not done: {state}.",
-         f"The run was queued at {queued}; training should have finished by {due} "
+         f"The run started at {started}; training should have finished by {due} "
          f"(notify.training_overdue_after_s: {after}).",
          "The run keeps going; this is a warning, not a failure.",
          f"Log: {run_url(dag_id, run_id, 'train_adapter')}"),

@@ -327,7 +327,7 @@ class _Checker:
             if "training_overdue" in channel.get("events", ()) and \
                     "training_overdue_after_s" not in notify:
                 self.add(f"$.notify.channels[{i}].events", "training_overdue needs "
-                         "notify.training_overdue_after_s (seconds after the run is queued by "
+                         "notify.training_overdue_after_s (seconds after the run starts by "
                          "which training should be done), e.g. training_overdue_after_s: 21600")
 
     def _devices(self) -> None:

@@ -33,7 +33,7 @@ from live_harness import Live, copy_project_files, free_port, service_env
 HERE = Path(__file__).parent
 MEASUREMENTS: list[dict[str, Any]] = []
 REPORT = Path(tempfile.gettempdir()) / "peftflow-live-measurements.json"
-_ENV_PREFIXES = ("PEFTFLOW_", "AIRFLOW__", "AIRFLOW_HOME", "AIRFLOW_CONN_")
+_ENV_PREFIXES = ("PEFTFLOW_", "AIRFLOW__", "AIRFLOW_HOME")
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -109,6 +109,11 @@ def _start(live: Live, patch: pytest.MonkeyPatch) -> None:
         db += ["--executor", "edge"]
     _timed(live, "configure", lambda: live.peftflow("services", "configure", *db))
     _timed(live, "db_migrate", lambda: live.airflow("db", "migrate", timeout=600))
+    if live.kind == "sqlite":  # the notification tests' receivers (those tests start them)
+        conns = live_receivers.connections(free_port(), free_port(), free_port(), free_port())
+        (live.root / live_receivers.CONNECTIONS_FILE).write_text(json.dumps(conns))
+        for conn_id, doc in conns.items():
+            live.airflow("connections", "add", conn_id, "--conn-json", doc)
     live.peftflow("devices", "sync-pool")  # as setup_airflow.sh: one slot per device
     _timed(live, "reserialize", lambda: live.airflow("dags", "reserialize", timeout=300))
     # what setup_airflow.sh does last: each DAG paused or not as its spec says
@@ -180,9 +185,6 @@ def _deployment(kind: str, measure: Callable[..., None]) -> Iterator[Live]:
     if kind in (GPUS_KIND, EDGE_KIND):
         env.update({"PEFTFLOW_DEVICES_CONFIG": str(root / "devices.yaml"),
                     "PEFTFLOW_PARALLELISM": "4"})
-    if kind == "sqlite":  # the notification tests' receivers (started by those tests)
-        env.update(live_receivers.connections_env(free_port(), free_port(), free_port(),
-                                                  free_port()))
     if kind == EDGE_KIND:  # a dead worker's task is failed (and retried) after 30 s
         env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = "30"
     live = Live(kind, root, env)

@@ -48,9 +48,9 @@ class Receivers:
 
 @pytest.fixture(scope="module")
 def receivers(deployment: Live) -> Iterator[Receivers]:
-    env = deployment.env
-    smtp = rx.SmtpReceiver(rx.port_of(env, rx.SMTP_CONN)).start()
-    hook = rx.WebhookReceiver(rx.port_of(env, rx.SLACK_CONN)).start()
+    conns = json.loads((deployment.root / rx.CONNECTIONS_FILE).read_text())
+    smtp = rx.SmtpReceiver(rx.port_of(conns, rx.SMTP_CONN)).start()
+    hook = rx.WebhookReceiver(rx.port_of(conns, rx.SLACK_CONN)).start()
     try:
         yield Receivers(smtp, hook)
     finally:
