@@ -118,7 +118,7 @@ def test_a_release_message_names_the_version_the_metrics_that_passed_and_where_i
         notify_spec: Spec, tmp_path: Path) -> None:
     summary, records, decision = _released(tmp_path)
     msg = message.outcome_message(notify_spec, summary, records, [], decision)
-    assert msg is not None and msg.event is NotifyEvent.RELEASED
+    assert msg.event is NotifyEvent.RELEASED
     assert msg.title == "[peftflow] fixture_notify: released smoke-cpu r0007"
     body = msg.body
     assert "  pydoc-domain (domain): loss 11.2212 -> 10.6986, change -4.66% (95% CI -5.12% " \
@@ -138,7 +138,7 @@ def test_a_blocked_message_lists_the_gates_reasons_and_does_not_say_failed(
     summary = _summary(events, {"evaluate_adapter": _metrics(tmp_path)})
     msg = message.outcome_message(notify_spec, summary, {"evaluate_adapter": _metrics(tmp_path)},
                                   events, _decision(tmp_path, False, [reason]))
-    assert msg is not None and msg.event is NotifyEvent.RELEASE_BLOCKED
+    assert msg.event is NotifyEvent.RELEASE_BLOCKED
     assert f"  - {reason}" in msg.body and "gate min_domain_improvement >= 0.5: fail" in msg.body
     assert "fail" not in msg.title and "/tasks/release_gate" in msg.body
 
@@ -152,7 +152,7 @@ def test_a_failure_on_the_last_try_is_retries_exhausted_which_run_failed_channel
                                            "of memory"]}} for n in range(1, tries + 1)]
     summary = _summary(events, {}, note="")
     msg = message.outcome_message(notify_spec, summary, {}, events, tmp_path / "none.json")
-    assert msg is not None and msg.event is NotifyEvent.RETRIES_EXHAUSTED
+    assert msg.event is NotifyEvent.RETRIES_EXHAUSTED
     assert f"train_adapter retries exhausted: failed on try {tries} of {tries}." in msg.body
     assert "exit 75 (RESOURCE)" in msg.body and "/tasks/train_adapter" in msg.body
     assert "  last output:\n    loading model\n    torch.OutOfMemoryError: CUDA out of memory" \
@@ -169,7 +169,7 @@ def test_a_permanent_failure_says_it_was_not_retried(notify_spec: Spec, tmp_path
                "details": {"error": "data breaks the rules: 3 invalid lines\nline 2: not JSON"}}]
     msg = message.outcome_message(notify_spec, _summary(events, {}), {}, events,
                                   tmp_path / "none.json")
-    assert msg is not None and msg.event is NotifyEvent.RUN_FAILED
+    assert msg.event is NotifyEvent.RUN_FAILED
     assert "(a permanent failure is not retried)" in msg.body
     assert "  data breaks the rules: 3 invalid lines\n  line 2: not JSON" in msg.body
 
@@ -181,7 +181,6 @@ def test_one_message_reaches_the_smtp_server_and_the_webhook_once_per_key(
     summary, records, decision = _released(tmp_path)
     spec = _with_channels(notify_spec)
     msg = message.outcome_message(spec, summary, records, [], decision)
-    assert msg is not None
     first = deliver.send(spec, msg, run_dir=tmp_path / "run", once="outcome.1", context={},
                          task_id="run_summary")
     again = deliver.send(spec, msg, run_dir=tmp_path / "run", once="outcome.1", context={},
@@ -211,7 +210,6 @@ def test_user_text_is_sent_as_written_not_rendered_as_a_template(
                        note="{{ 7 * 7 }} <b>&")
     spec = _with_channels(notify_spec)
     msg = message.outcome_message(spec, summary, records, [], decision)
-    assert msg is not None
     deliver.send(spec, msg, run_dir=tmp_path / "run", once="outcome.1", context={},
                  task_id="run_summary")
     assert "{{ 7 * 7 }} &lt;b&gt;&amp;" in hook.posts[0][1]["text"]
@@ -224,7 +222,6 @@ def test_receivers_that_are_down_are_a_failed_delivery_audited_never_an_exceptio
     summary, records, decision = _released(tmp_path)
     spec = _with_channels(notify_spec, rx.DOWN_SMTP_CONN, rx.DOWN_SLACK_CONN)
     msg = message.outcome_message(spec, summary, records, [], decision)
-    assert msg is not None
     t0 = time.monotonic()
     results = deliver.send(spec, msg, run_dir=tmp_path / "run", once="outcome.1", context={},
                            task_id="run_summary")
@@ -245,7 +242,6 @@ def test_an_undefined_connection_is_a_failed_delivery_that_names_it(
     summary, records, decision = _released(tmp_path)
     spec = _with_channels(notify_spec, "no_such_smtp", "no_such_hook")
     msg = message.outcome_message(spec, summary, records, [], decision)
-    assert msg is not None
     results = deliver.send(spec, msg, run_dir=tmp_path / "run", once="o", context={},
                            task_id="run_summary")
     assert [d.sent for d in results] == [False, False]

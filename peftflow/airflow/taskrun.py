@@ -346,9 +346,8 @@ def _notify_outcome(op: LoggingTask, context: Context, run: runinfo.RunInfo, spe
     try:
         msg = message.outcome_message(spec, summary, records, events,
                                       run.stage_dir(GATE_TASK) / "gate_decision.json")
-        if msg is not None:
-            deliver.send(spec, msg, run_dir=run.run_dir(), once=f"outcome.{run.try_number}",
-                         context=context, task_id=run.task_id, task_log=op.log)
+        deliver.send(spec, msg, run_dir=run.run_dir(), once=f"outcome.{run.try_number}",
+                     context=context, task_id=run.task_id, task_log=op.log)
     except Exception as exc:  # a notification bug must not fail the run it reports on
         op.log.warning("NOTIFY failed before sending (the run's outcome is unchanged): %s: %s",
                        type(exc).__name__, exc)

@@ -121,9 +121,8 @@ def _tries(events: Iterable[Mapping[str, Any]], task_id: str) -> tuple[int, list
 
 
 def outcome_message(spec: Spec, summary: Any, records: Mapping[str, Any],
-                    events: Sequence[Mapping[str, Any]], gate_decision: Path) -> Message | None:
-    """The one message about how a run ended; None while nothing ended (cannot happen in the
-    teardown, kept for callers that build it early)."""
+                    events: Sequence[Mapping[str, Any]], gate_decision: Path) -> Message:
+    """The one message about how a run ended, from its summary (run_summary's teardown)."""
     dag_id, run_id = summary.dag_id, summary.run_id
     decision = _read_json(str(gate_decision)) if gate_decision.is_file() else {}
     head = f"DAG {dag_id}, run {run_id}"
