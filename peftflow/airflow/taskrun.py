@@ -321,7 +321,7 @@ def run_summary(op: GateTask, context: Context) -> dict[str, Any]:
     spec = _summary_spec(op, run)
     if spec is not None:
         _notify_outcome(op, context, run, spec, summary, records, events)
-    _track(op, run, summary, records)
+    _track(run, summary, records)
     return summary.as_dict()
 
 
@@ -353,21 +353,14 @@ def _notify_outcome(op: LoggingTask, context: Context, run: runinfo.RunInfo, spe
                        type(exc).__name__, exc)
 
 
-def _track(op: LoggingTask, run: runinfo.RunInfo, summary: Any,
-           records: dict[str, Any]) -> None:
-    """Experiment tracking (MLflow), when switched on; never fails the run (log_run never
-    raises and audits tracking_logged / tracking_failed itself)."""
+def _track(run: runinfo.RunInfo, summary: Any, records: dict[str, Any]) -> None:
+    """Experiment tracking (MLflow), when switched on; never fails the run: log_run never
+    raises, writes its TRACKING line to this task's log and audits tracking_logged /
+    tracking_failed itself."""
     from peftflow import track
 
-    result = track.log_run(dag_id=run.dag_id, run_id=run.run_id, records=records,
-                           summary=summary.as_dict(), params=run.params, task_id=run.task_id)
-    if result.status is track.TrackStatus.OFF:
-        return
-    line = f"TRACKING {result.status.value}: {result.message}"
-    if result.status is track.TrackStatus.FAILED:
-        op.log.warning("%s (the run's outcome is unchanged)", line)
-    else:
-        op.log.info("%s", line)
+    track.log_run(dag_id=run.dag_id, run_id=run.run_id, records=records,
+                  summary=summary.as_dict(), params=run.params, task_id=run.task_id)
 
 
 def _set_note(op: LoggingTask, run: runinfo.RunInfo, text: str) -> None:
