@@ -329,3 +329,21 @@ def test_doctor_names_missing_mistyped_and_incomplete_channel_connections(
     assert found["notify email smtp_team"] == ("ok", "defined (smtp, used by fixture_notify)")
     assert "has type 'smtp', a slack channel needs 'slackwebhook'" in \
         found["notify slack slack_team"][1]
+
+
+def test_the_readme_downstream_dag_builds_and_is_scheduled_on_the_release_asset(
+        project_root: Path) -> None:
+    """The README's example is code a team copies: it must build as Airflow reads it."""
+    import re
+
+    from airflow.sdk import Asset
+
+    readme = (project_root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Downstream DAGs on a new release.**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    dag = namespace["deploy_smoke"]()
+    assert dag.dag_id == "deploy_smoke" and list(dag.task_dict) == ["deploy"]
+    assert dag.timetable.asset_condition == Asset(expand.release_asset_uri("smoke-cpu"))
