@@ -28,6 +28,6 @@ class RunSummaryOperator(BaseOperator):
         self.is_teardown = True
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from peftflow.airflow import taskrun
+        from peftflow.airflow import runend
 
-        return taskrun.run_summary(self, context)
+        return runend.run_summary(self, context)
