@@ -271,3 +271,24 @@ def test_a_stage_registered_through_the_table_alone_runs_in_the_dag(
                 if ti.task_id == "token_report"]
     assert record["metrics"]["tokens"] > 0 and "report" in record["outputs"]
     assert _outcomes(_summary(run))["token_report"] == "ran"
+
+
+def test_a_tracker_that_is_down_leaves_the_run_successful_and_is_audited(
+        ok_run: Any, dag_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tracking on, MLflow unreachable (nothing listens on the port): the run still ends as
+    its stages decided, and the audit trail says the tracking failed."""
+    import socket
+
+    from peftflow.store import audit
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("PEFTFLOW_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    run = _run(dag_folder, "pipe_ok", {"note": "tracker down"})
+    assert str(run.state) == "success", _states(run)
+    assert _states(run)["run_summary"] == "success"
+    failed = [e for e in audit.events(run_id=run.run_id) if e["event"] == "tracking_failed"]
+    assert len(failed) == 1 and failed[0]["outcome"] == "failed", failed
+    assert not [e for e in audit.events(run_id=run.run_id) if e["event"] == "tracking_logged"]
