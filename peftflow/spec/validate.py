@@ -308,6 +308,7 @@ class _Checker:
         notify = self.data.get("notify")
         if not notify:
             return
+        has_deadline = "training_overdue_after_s" in notify
         overdue_heard = False
         for i, channel in enumerate(notify["channels"]):
             at = f"$.notify.channels[{i}]"
@@ -319,16 +320,14 @@ class _Checker:
                          "webhook in its connection decides where messages go); remove `to:`")
             events = channel.get("events")
             overdue_heard |= events is None or "training_overdue" in events
-        if "training_overdue_after_s" in notify and not overdue_heard:
+            if events and "training_overdue" in events and not has_deadline:
+                self.add(f"{at}.events", "training_overdue needs "
+                         "notify.training_overdue_after_s (seconds after the run starts by "
+                         "which training should be done), e.g. training_overdue_after_s: 21600")
+        if has_deadline and not overdue_heard:
             self.add("$.notify.training_overdue_after_s", "no channel lists training_overdue "
                      "in its events, so the deadline would tell nobody; add training_overdue "
                      "to a channel's events or remove training_overdue_after_s")
-        for i, channel in enumerate(notify["channels"]):
-            if "training_overdue" in channel.get("events", ()) and \
-                    "training_overdue_after_s" not in notify:
-                self.add(f"$.notify.channels[{i}].events", "training_overdue needs "
-                         "notify.training_overdue_after_s (seconds after the run starts by "
-                         "which training should be done), e.g. training_overdue_after_s: 21600")
 
     def _devices(self) -> None:
         """No profile may ask for more GPUs than this host's inventory lists: its task would

@@ -19,6 +19,7 @@ from typing import Any
 
 from peftflow import settings
 from peftflow.errors import PeftflowError
+from peftflow.run import inputs
 from peftflow.run.runinfo import safe_segment
 from peftflow.store import audit
 from peftflow.store import status_record as status
@@ -68,13 +69,11 @@ def run_key(dag_id: str, run_id: str) -> str:
 
 def _verified(record: Mapping[str, Any], name: str) -> Path:
     """The output `name` of a record, after its size and sha256 still match."""
-    ref = (record.get("outputs") or {}).get(name)
-    if not isinstance(ref, Mapping):
+    found = inputs.upstream_outputs(dict(record), str(record.get("stage") or "upstream"))
+    if name not in found:
         raise KeyError(f"the record lists no {name!r} output")
-    found = status.FileRef(name=name, path=str(ref["path"]), sha256=str(ref["sha256"]),
-                           bytes=int(ref["bytes"]))
-    found.verify()
-    return Path(found.path)
+    found[name].verify()
+    return Path(found[name].path)
 
 
 def _number(value: Any) -> float | None:
